@@ -268,15 +268,17 @@ rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, i
 		dr->w = w;
 		dr->d = d;
 	}
+	/* RD_KAFKA_V_HEADERS expands to two arguments: never put it behind a ?:. */
+	if (!hdrs)
+		hdrs = rd_kafka_headers_new(0);
 	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
 	/* Bounded wait on a full queue: poll to serve delivery reports, then retry. */
 	for (int attempt = 0; attempt < 20; attempt++) {
 		err = rd_kafka_producev(
 			p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
 			RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)value, vlen),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-			hdrs ? RD_KAFKA_V_HEADERS(hdrs) : RD_KAFKA_V_END, RD_KAFKA_V_OPAQUE(dr),
-			RD_KAFKA_V_END);
+			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+			RD_KAFKA_V_OPAQUE(dr), RD_KAFKA_V_END);
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			break;
 		rd_kafka_poll(p->rk, 5);
@@ -284,8 +286,7 @@ rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, i
 	if (err) {
 		log_error("produce failed", LS("topic", topic), LI("partition", partition),
 			  LS("error", rd_kafka_err2str(err)));
-		if (hdrs)
-			rd_kafka_headers_destroy(hdrs);
+		rd_kafka_headers_destroy(hdrs);
 		free(dr);
 		return err;
 	}
@@ -541,8 +542,18 @@ int kafka_consumer_init(struct kafka_consumer *c, struct event_base *base, const
 	if (!conf)
 		return -1;
 	snprintf(wait, sizeof wait, "%d", fetch_wait_ms);
+	/* librdkafka has no consumer queue without a group: an assign-only consumer gets
+	 * a private group that never subscribes and never commits. */
+	char private_group[256];
+	if (!group) {
+		snprintf(private_group, sizeof private_group, "gw-assign-%s", client_id);
+		if (conf_set(conf, "group.id", private_group)) {
+			rd_kafka_conf_destroy(conf);
+			return -1;
+		}
+	}
 	if (conf_set(conf, "enable.auto.offset.store", "false") ||
-	    conf_set(conf, "enable.auto.commit", "true") ||
+	    conf_set(conf, "enable.auto.commit", group ? "true" : "false") ||
 	    conf_set(conf, "auto.commit.interval.ms", "500") ||
 	    conf_set(conf, "auto.offset.reset", "earliest") ||
 	    conf_set(conf, "partition.assignment.strategy", "range") ||
@@ -564,7 +575,12 @@ int kafka_consumer_init(struct kafka_consumer *c, struct event_base *base, const
 		return -1;
 	}
 	rd_kafka_poll_set_consumer(c->rk);
-	if (pump_init(&c->pump, base, rd_kafka_queue_get_consumer(c->rk), consumer_drain, c) != 0)
+	rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c->rk);
+	if (!q) {
+		log_error("Kafka consumer has no queue", LS("client", client_id));
+		return -1;
+	}
+	if (pump_init(&c->pump, base, q, consumer_drain, c) != 0)
 		return -1;
 	return 0;
 }

@@ -77,7 +77,8 @@ rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, i
 /* Flushes for up to timeout_ms; logs and returns how many messages were left. */
 int kafka_producer_close(struct kafka_producer *p, int timeout_ms);
 
-/* group may be NULL for a consumer that only uses kafka_consumer_assign. fetch_wait_ms
+/* group may be NULL for a consumer that only uses kafka_consumer_assign (it gets a
+ * private group id and never commits). fetch_wait_ms
  * comes from the caller (GW_KAFKA_FETCH_WAIT_MS for latency-critical stages). */
 int kafka_consumer_init(struct kafka_consumer *c, struct event_base *base, const char *group,
 			const char *client_id, int fetch_wait_ms);

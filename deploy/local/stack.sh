@@ -156,7 +156,7 @@ stack_start() {
 
 	[ -f "$STACK_DIR/seal.key" ] || (umask 077 && openssl rand -hex 32 >"$STACK_DIR/seal.key")
 	cat >"$STACK_DIR/endpoints.json" <<JSON
-{"endpoints":[{"name":"mock","url":"http://127.0.0.1:$MOCK_PORT","models":["mock-llm","mock-embed"],"cluster":"local","framework":"mock","weight":1,"max_concurrent":256,"timeout_ms":120000}]}
+{"endpoints":[{"name":"mock","url":"http://127.0.0.1:$MOCK_PORT","models":["mock-llm","mock-embed"],"cluster":"local","framework":"other","weight":1,"max_concurrent":256,"timeout_ms":120000}]}
 JSON
 
 	env GW_ENV_FILE=/dev/null GW_DATABASE_ADMIN_URL="$PG_ADMIN_URL" "$b/auditor/auditor" migrate >>"$STACK_DIR/logs/migrate.log" 2>&1 &&

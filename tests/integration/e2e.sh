@@ -14,6 +14,12 @@ GW_REQUEST_TIMEOUT=5
 
 cleanup() {
 	stack_stop >/dev/null 2>&1
+	# Keep the logs of a failed run where CI and developers can read them.
+	if [ "$T_FAIL" -gt 0 ]; then
+		rm -rf "$STACK_BIN/test-logs/e2e" && mkdir -p "$STACK_BIN/test-logs" &&
+			cp -r "$STACK_DIR/logs" "$STACK_BIN/test-logs/e2e" &&
+			echo "logs kept in $STACK_BIN/test-logs/e2e"
+	fi
 	[ -n "${PGBASE:-}" ] && [ "${PGBASE#/var/lib/postgresql/gw-}" != "$PGBASE" ] && rm -rf "$PGBASE"
 	rm -rf "$STACK_DIR"
 }
@@ -47,7 +53,7 @@ direct=$(curl -sS "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" -H 'Content-
 check_eq "gateway answer is byte-identical to the endpoint's" "$direct" "$body"
 
 # --- its events are in the audit log ---
-events_of() { "$STACK_BIN/auditor/auditor" query --request-id "$1" 2>/dev/null; }
+events_of() { "$STACK_BIN/auditor/auditor" query --request-id "$1" 2>/dev/null | jq -c .; }
 has_types() { # id n
 	[ "$(events_of "$1" | jq -r .type | sort -u | wc -l)" -ge "$2" ]
 }

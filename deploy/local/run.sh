@@ -56,6 +56,7 @@ while true; do
 	wait -n "${STACK_PIDS[@]}" 2>/dev/null
 	[ "$stopping" = 1 ] && break
 	for i in "${!STACK_PIDS[@]}"; do
+		[ "$stopping" = 1 ] && break
 		if ! kill -0 "${STACK_PIDS[$i]}" 2>/dev/null; then
 			echo "run: ${STACK_NAMES[$i]} exited unexpectedly; last log lines:" >&2
 			tail -n 20 "$STACK_DIR/logs/${STACK_NAMES[$i]}.log" >&2

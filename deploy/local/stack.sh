@@ -52,7 +52,9 @@ stack_wait_http() { # url pid timeout name
 stack_spawn() { # name cmd...
 	local name=$1
 	shift
-	"$@" >>"$STACK_DIR/logs/$name.log" 2>&1 &
+	# Its own session: a Ctrl-C in the terminal reaches run.sh only, which stops the
+	# processes in order (ingress first, broker last).
+	setsid "$@" >>"$STACK_DIR/logs/$name.log" 2>&1 </dev/null &
 	STACK_PIDS+=($!)
 	STACK_NAMES+=("$name")
 }
@@ -68,8 +70,7 @@ stack_pid() { # name -> pid
 # PostgreSQL refuses to run as root: the cluster belongs to the postgres user. When that
 # user cannot reach STACK_DIR (a checkout under /root), the data lives in its home.
 stack_pg_paths() {
-	if runuser -u postgres -- test -x "$STACK_DIR" 2>/dev/null &&
-		runuser -u postgres -- test -r "$STACK_DIR" 2>/dev/null; then
+	if runuser -u postgres -- test -x "$STACK_DIR" 2>/dev/null; then
 		PGBASE="$STACK_DIR/pg"
 	else
 		PGBASE="/var/lib/postgresql/gw-$(printf '%s' "$STACK_DIR" | sha1sum | cut -c1-12)"
@@ -131,7 +132,9 @@ stack_common_env() {
 
 stack_start() {
 	mkdir -p "$STACK_DIR/logs"
-	chmod 700 "$STACK_DIR"
+	# Traversable but not listable, so the postgres user can reach its cluster under
+	# it; the secrets inside are 0600 files.
+	chmod 711 "$STACK_DIR"
 	local b=$STACK_BIN
 
 	stack_pg_start || return 1

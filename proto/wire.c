@@ -101,6 +101,8 @@ static const struct field_spec fields[] = {
 	{GW_F_RULE, GW_H_RULE},		{GW_F_STATUS, GW_H_STATUS},
 	{GW_F_SEQ, GW_H_SEQ},		{GW_F_FINAL, GW_H_FINAL},
 	{GW_F_CTYPE, GW_H_CTYPE},	{GW_F_HINT, GW_H_HINT},
+	{GW_F_CLUSTER, GW_H_CLUSTER},	{GW_F_FRAMEWORK, GW_H_FRAMEWORK},
+	{GW_F_MODELS, GW_H_MODELS},	{GW_F_CANCEL, GW_H_CANCEL},
 };
 
 static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t n)
@@ -163,6 +165,17 @@ static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t 
 		return copy_text(v, n, m->ctype, sizeof m->ctype);
 	case GW_F_HINT:
 		return copy_text(v, n, m->hint, sizeof m->hint);
+	case GW_F_CLUSTER:
+		return copy_text(v, n, m->cluster, sizeof m->cluster);
+	case GW_F_FRAMEWORK:
+		return copy_text(v, n, m->framework, sizeof m->framework);
+	case GW_F_MODELS:
+		return copy_text(v, n, m->models, sizeof m->models);
+	case GW_F_CANCEL:
+		if (parse_i64(v, n, 0, 1, &x))
+			return -1;
+		m->cancel = (int)x;
+		return 0;
 	}
 	return -1;
 }
@@ -264,6 +277,10 @@ int wire_encode(const struct gw_meta *m, unsigned want, rd_kafka_headers_t *h)
 		case GW_F_FINAL: rc = add_int(h, name, m->final ? 1 : 0); break;
 		case GW_F_CTYPE: rc = add_text(h, name, m->ctype); break;
 		case GW_F_HINT: rc = add_text(h, name, m->hint); break;
+		case GW_F_CLUSTER: rc = add_text(h, name, m->cluster); break;
+		case GW_F_FRAMEWORK: rc = add_text(h, name, m->framework); break;
+		case GW_F_MODELS: rc = add_text(h, name, m->models); break;
+		case GW_F_CANCEL: rc = add_int(h, name, m->cancel ? 1 : 0); break;
 		}
 		if (rc)
 			return -1;

@@ -36,6 +36,10 @@
 #define GW_H_CTYPE "gw-ctype"
 #define GW_H_REASON "gw-reason"
 #define GW_H_HINT "gw-hint"
+#define GW_H_CLUSTER "gw-cluster"
+#define GW_H_FRAMEWORK "gw-framework"
+#define GW_H_MODELS "gw-models"
+#define GW_H_CANCEL "gw-cancel"
 
 /* Which fields of gw_meta are present / to encode. */
 enum {
@@ -55,6 +59,10 @@ enum {
 	GW_F_FINAL = 1u << 13,
 	GW_F_CTYPE = 1u << 14,
 	GW_F_HINT = 1u << 15,
+	GW_F_CLUSTER = 1u << 16,
+	GW_F_FRAMEWORK = 1u << 17,
+	GW_F_MODELS = 1u << 18,
+	GW_F_CANCEL = 1u << 19,
 };
 
 #define GW_ID_HEX 32
@@ -79,6 +87,10 @@ struct gw_meta {
 	int final;
 	char ctype[128];
 	char hint[128]; /* principal hint: the gw.requests key, carried for gw.usage */
+	char cluster[64];   /* FIRST routes: /resource_server/{cluster}/{framework}/v1/... */
+	char framework[64];
+	char models[2048];  /* models the principal may use, comma-separated; "*" = any */
+	int cancel;         /* a cancel for request `id` (ingress -> dispatcher) */
 	size_t cred_len;
 	unsigned char cred[GW_CRED_MAX];
 };

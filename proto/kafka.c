@@ -686,6 +686,8 @@ int wire_deadletter(struct kafka_producer *p, const rd_kafka_message_t *msg, con
 		h = rd_kafka_headers_copy(orig);
 	else
 		h = rd_kafka_headers_new(4);
+	/* A dead letter keeps everything needed to replay it, except a credential. */
+	rd_kafka_header_remove(h, GW_H_CRED);
 	snprintf(src, sizeof src, "%s/%d/%lld", topic, (int)msg->partition, (long long)msg->offset);
 	rd_kafka_header_add(h, GW_H_REASON, -1, reason, -1);
 	rd_kafka_header_add(h, "gw-source", -1, src, -1);

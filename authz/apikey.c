@@ -1,0 +1,156 @@
+/* API key format, generation, hashing and constant-time verification (see apikey.h).
+ * Only OpenSSL: ingress links this file to derive the principal hint. */
+#include "apikey.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+static const char hexdigits[] = "0123456789abcdef";
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static int b64url_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '-')
+		return 62;
+	if (c == '_')
+		return 63;
+	return -1;
+}
+
+int apikey_parse_n(const void *key, size_t len, char id_out[APIKEY_ID_HEX + 1])
+{
+	const unsigned char *k = key;
+	id_out[0] = 0;
+	if (!k || len != APIKEY_LEN || memcmp(k, APIKEY_PREFIX, APIKEY_PREFIX_LEN) != 0)
+		return -1;
+	const unsigned char *id = k + APIKEY_PREFIX_LEN;
+	for (int i = 0; i < APIKEY_ID_HEX; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+			return -1;
+	if (id[APIKEY_ID_HEX] != '_')
+		return -1;
+	const unsigned char *secret = id + APIKEY_ID_HEX + 1;
+	for (int i = 0; i < APIKEY_SECRET_LEN; i++) {
+		int v = b64url_value(secret[i]);
+		if (v < 0)
+			return -1;
+		/* 32 bytes = 42 full sextets + 4 bits: the 2 padding bits must be zero. */
+		if (i == APIKEY_SECRET_LEN - 1 && (v & 3) != 0)
+			return -1;
+	}
+	memcpy(id_out, id, APIKEY_ID_HEX);
+	id_out[APIKEY_ID_HEX] = 0;
+	return 0;
+}
+
+int apikey_parse(const char *key, char id_out[APIKEY_ID_HEX + 1])
+{
+	id_out[0] = 0;
+	if (!key)
+		return -1;
+	/* Bounded: an overlong string fails without being scanned to its end. */
+	size_t len = strnlen(key, APIKEY_LEN + 1);
+	return apikey_parse_n(key, len, id_out);
+}
+
+static void b64url_encode(const unsigned char *in, size_t n, char *out)
+{
+	size_t o = 0, i = 0;
+	for (; i + 3 <= n; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
+		out[o++] = b64url[v >> 18 & 63];
+		out[o++] = b64url[v >> 12 & 63];
+		out[o++] = b64url[v >> 6 & 63];
+		out[o++] = b64url[v & 63];
+	}
+	if (n - i == 1) {
+		unsigned v = (unsigned)in[i] << 16;
+		out[o++] = b64url[v >> 18 & 63];
+		out[o++] = b64url[v >> 12 & 63];
+	} else if (n - i == 2) {
+		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
+		out[o++] = b64url[v >> 18 & 63];
+		out[o++] = b64url[v >> 12 & 63];
+		out[o++] = b64url[v >> 6 & 63];
+	}
+	out[o] = 0;
+}
+
+int apikey_generate(char key_out[APIKEY_LEN + 1], char id_out[APIKEY_ID_HEX + 1])
+{
+	unsigned char raw[APIKEY_ID_HEX / 2 + APIKEY_SECRET_BYTES];
+	if (RAND_bytes(raw, sizeof raw) != 1)
+		return -1;
+	char *p = key_out;
+	memcpy(p, APIKEY_PREFIX, APIKEY_PREFIX_LEN);
+	p += APIKEY_PREFIX_LEN;
+	for (int i = 0; i < APIKEY_ID_HEX / 2; i++) {
+		*p++ = hexdigits[raw[i] >> 4];
+		*p++ = hexdigits[raw[i] & 15];
+	}
+	*p++ = '_';
+	b64url_encode(raw + APIKEY_ID_HEX / 2, APIKEY_SECRET_BYTES, p);
+	OPENSSL_cleanse(raw, sizeof raw);
+	memcpy(id_out, key_out + APIKEY_PREFIX_LEN, APIKEY_ID_HEX);
+	id_out[APIKEY_ID_HEX] = 0;
+	return 0;
+}
+
+int apikey_hash(const void *key, size_t len, unsigned char out[APIKEY_HASH_LEN])
+{
+	unsigned int n = 0;
+	if (EVP_Digest(key, len, out, &n, EVP_sha256(), NULL) != 1 || n != APIKEY_HASH_LEN)
+		return -1;
+	return 0;
+}
+
+void apikey_hash_hex(const unsigned char hash[APIKEY_HASH_LEN], char out[APIKEY_HASH_HEX + 1])
+{
+	for (int i = 0; i < APIKEY_HASH_LEN; i++) {
+		out[2 * i] = hexdigits[hash[i] >> 4];
+		out[2 * i + 1] = hexdigits[hash[i] & 15];
+	}
+	out[APIKEY_HASH_HEX] = 0;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int apikey_hash_unhex(const char *hex, unsigned char out[APIKEY_HASH_LEN])
+{
+	if (!hex || strnlen(hex, APIKEY_HASH_HEX + 1) != APIKEY_HASH_HEX)
+		return -1;
+	for (int i = 0; i < APIKEY_HASH_LEN; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+int apikey_verify(const void *key, size_t len, const unsigned char hash[APIKEY_HASH_LEN])
+{
+	unsigned char got[APIKEY_HASH_LEN];
+	if (apikey_hash(key, len, got) != 0)
+		return 0;
+	int ok = CRYPTO_memcmp(got, hash, APIKEY_HASH_LEN) == 0;
+	OPENSSL_cleanse(got, sizeof got);
+	return ok;
+}

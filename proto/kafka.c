@@ -456,7 +456,10 @@ void kafka_work_release(struct kafka_work *w)
 			part_store(pt, last + 1);
 		if (pt->paused && pt->tail - pt->head <= cap / 2 && !pt->c->closing) {
 			pt->rewind_to = -1;
-			part_pause(pt, 0);
+			if (pt->c->paused_all)
+				pt->paused = 0; /* kafka_consumer_pause(c, 0) resumes it */
+			else
+				part_pause(pt, 0);
 		}
 	}
 	if (w->release)
@@ -476,9 +479,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			 LS("topic", parts->elems[i].topic), LI("partition", parts->elems[i].partition));
 	}
 	rd_kafka_resp_err_t aerr;
-	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 		aerr = rd_kafka_assign(rk, parts);
-	else
+		/* A stage that paused itself stays paused across a rebalance. */
+		if (!aerr && c->paused_all)
+			rd_kafka_pause_partitions(rk, parts);
+	} else
 		aerr = rd_kafka_assign(rk, NULL);
 	if (aerr)
 		log_error("assign failed", LS("error", rd_kafka_err2str(aerr)));
@@ -616,6 +622,30 @@ int kafka_consumer_assign(struct kafka_consumer *c, const char *topic, const int
 		return -1;
 	}
 	return 0;
+}
+
+void kafka_consumer_pause(struct kafka_consumer *c, int on)
+{
+	rd_kafka_topic_partition_list_t *l = NULL;
+	if (!c->rk || c->paused_all == on)
+		return;
+	c->paused_all = on;
+	if (rd_kafka_assignment(c->rk, &l) || !l)
+		return;
+	rd_kafka_topic_partition_list_t *sel = rd_kafka_topic_partition_list_new(l->cnt);
+	for (int i = 0; i < l->cnt; i++) {
+		struct kafka_part *pt = part_get(c, l->elems[i].topic, l->elems[i].partition);
+		/* A partition whose tracker is full stays paused until it drains. */
+		if (!on && pt && pt->paused)
+			continue;
+		rd_kafka_topic_partition_list_add(sel, l->elems[i].topic, l->elems[i].partition);
+	}
+	rd_kafka_resp_err_t err = on ? rd_kafka_pause_partitions(c->rk, sel)
+				     : rd_kafka_resume_partitions(c->rk, sel);
+	if (err)
+		log_error(on ? "pause failed" : "resume failed", LS("error", rd_kafka_err2str(err)));
+	rd_kafka_topic_partition_list_destroy(sel);
+	rd_kafka_topic_partition_list_destroy(l);
 }
 
 int kafka_consumer_close(struct kafka_consumer *c)

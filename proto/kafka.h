@@ -56,6 +56,7 @@ struct kafka_consumer {
 	struct kafka_part **parts; /* trackers, kept until close so work pointers stay valid */
 	int nparts, capparts;
 	int max_inflight_per_partition;
+	int paused_all; /* kafka_consumer_pause: overrides the trackers' own resume */
 	int closing;
 	uint64_t consumed;
 };
@@ -86,6 +87,11 @@ int kafka_consumer_subscribe(struct kafka_consumer *c, const char *const *topics
 /* Direct assignment (no group), starting at offset (RD_KAFKA_OFFSET_END etc.). */
 int kafka_consumer_assign(struct kafka_consumer *c, const char *topic, const int32_t *partitions,
 			  int n, int64_t offset);
+/* Pauses (on=1) or resumes (on=0) the whole assignment, for a stage's own
+ * backpressure. Composes with the per-partition pause of kafka_work_begin: a
+ * partition paused because its tracker is full stays paused until it drains. */
+void kafka_consumer_pause(struct kafka_consumer *c, int on);
+
 /* Commits what was stored, closes the consumer and logs the result. Shutdown order:
  * stop taking work, kafka_producer_close (delivery reports release the last work
  * items and store their offsets), then kafka_consumer_close. */

@@ -1,0 +1,76 @@
+/* What flows back from one request: its gw.replies messages (whole or streamed, the
+ * endpoint's bytes untouched), its gw.usage message and its dispatch.result audit
+ * event, each produced with the request's kafka_work so the input offset is stored
+ * only once all of them are acknowledged. */
+#ifndef GW_DISPATCHER_RELAY_H
+#define GW_DISPATCHER_RELAY_H
+
+#include "audit.h"
+#include "kafka.h"
+#include "sse.h"
+#include "usage.h"
+
+#include <event2/buffer.h>
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest value of one streamed gw.replies message; bigger arrivals are split. */
+#define RELAY_CHUNK_MAX (256 * 1024)
+
+/* Embedded in its request. body, sha and sse.line are owned and released by
+ * relay_free; id and w are borrowed from the request. */
+struct relay {
+	struct kafka_producer *p;
+	struct kafka_work *w;
+	const char *id;
+	int32_t partition;
+	size_t max_body;
+	size_t sse_line_max;
+	int want_stream; /* the client asked for a stream (gw-stream 1) */
+	int streaming;   /* the endpoint streams: chunks are relayed as they arrive */
+	int status;      /* HTTP status given to the client (0 until known) */
+	char ctype[128];
+	int32_t seq; /* next gw-seq */
+	int final_sent;
+	int failed;            /* relaying broke: not produced, or out of memory */
+	struct evbuffer *body; /* the non-streamed answer being collected */
+	EVP_MD_CTX *sha;
+	long long size;
+	struct sse_usage sse;
+	int sse_on;
+	int have_usage;
+	struct usage usage;
+	char sha_hex[65];
+};
+
+int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, const char *id,
+	       int32_t partition, int want_stream, size_t max_body, size_t sse_line_max);
+
+/* The endpoint's status line and content type arrived: decides whether to stream. */
+void relay_head(struct relay *r, int status, const char *ctype);
+
+/* Consumes buf. Returns -1 when a non-streamed answer outgrows max_body (nothing has been
+ * relayed; the caller answers with an error). */
+int relay_body(struct relay *r, struct evbuffer *buf);
+
+/* The endpoint's answer is complete: sends it whole, or ends the stream. */
+void relay_finish(struct relay *r);
+
+/* Answers with a gateway error (openai_error_json with the request id); once a stream
+ * has started, as an SSE error event ending the stream instead. */
+void relay_error(struct relay *r, int status, const char *message, const char *code);
+
+/* True once any gw.replies message has been produced. */
+int relay_started(const struct relay *r);
+
+/* Produces the gw.usage message (key = hint). */
+void relay_usage(struct relay *r, const char *hint, const char *principal, const char *model,
+		 const char *endpoint);
+
+/* Fills the response digest, size and tokens into ev (the strings point into r). */
+void relay_fill_audit(struct relay *r, struct audit_event *ev);
+
+void relay_free(struct relay *r);
+
+#endif

@@ -5,7 +5,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build build-asan run test test-unit bench lint format fuzz clean
+.PHONY: all deps build build-asan run test bench lint format fuzz clean
 
 all: build
 
@@ -23,15 +23,23 @@ build-asan: deps
 run: build
 	@bash deploy/local/run.sh
 
-# Unit and integration tests against the normal build, then the same suite against the
-# ASan+UBSan build. ctest's summary is the closing line.
+# The normal build runs the unit tests and the end-to-end test; the ASan+UBSan build
+# runs everything (unit, integration, fault tests), two at a time: the integration
+# tests mostly wait on processes, and each uses its own ports, cluster and broker.
+# Between the two, a short libFuzzer run of every target. The ASan ctest summary is
+# the closing line CI reads.
+CTEST_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
 test: build build-asan
-	@cd $(BUILD) && ctest --output-on-failure --timeout 300
-	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --timeout 600
+	@cd $(BUILD) && ctest --output-on-failure --timeout 300 -R '^unit\.|^integration\.e2e$$'
+	@if [ -f tests/fuzz.sh ]; then FUZZ_SECONDS=$${FUZZ_SECONDS:-10} bash tests/fuzz.sh; fi
+	@cd $(ASAN_BUILD) && $(CTEST_ENV) ctest --output-on-failure --timeout 600 -j2
 
 bench: build
 	@bash tests/bench/bench.sh $(BUILD)
+
+fuzz: deps
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-600} bash tests/fuzz.sh
 
 lint:
 	@bash tests/lint.sh

@@ -43,6 +43,7 @@ fuzz: deps
 
 lint:
 	@bash tests/lint.sh
+	@bash deploy/check.sh
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

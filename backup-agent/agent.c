@@ -6,15 +6,20 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "audit.h"
 #include "config.h"
 #include "log.h"
+#include "retention.h"
 #include "wire.h"
+
+extern char **environ;
 
 #define JANITOR_MS          1000
 /* After a failed snapshot, try again sooner than a whole interval. */
@@ -22,6 +27,7 @@
 /* At stop, how long unacknowledged audit events are waited for. */
 #define DRAIN_MS            10000
 #define PRODUCER_CLOSE_MS   5000
+#define LOCK_TIMEOUT_MS     10000
 
 static void schedule_stop_step(struct agent *a, int64_t at_ms)
 {
@@ -86,11 +92,17 @@ static void report_delivered(struct kafka_done *d, rd_kafka_resp_err_t err)
 
 static void start_snapshot(struct agent *a, const char *trigger)
 {
+	/* A standby never dumps; a verify in progress finishes first (the commands wait). */
+	if (!a->active || a->verifying)
+		return;
 	if (snapshot_start(&a->snap) != 0)
 		return; /* one is running: it answers */
 	a->trigger = trigger;
 	metric_set(a->m_running, 1);
 }
+
+static int start_verify(struct agent *a, const char *id);
+static void after_snapshot(struct agent *a, int ran_ok);
 
 static void on_snapshot_done(void *arg, const struct snapshot_result *res)
 {
@@ -125,9 +137,10 @@ static void on_snapshot_done(void *arg, const struct snapshot_result *res)
 	r->done.fn = report_delivered;
 	r->cmds = a->waiting;
 	a->waiting = NULL;
-	if (!res->ok && a->stopping && r->cmds) {
-		/* Cut short by our own shutdown: hand the commands back (offsets not stored)
-		 * so whoever consumes gw.control next takes the snapshot they asked for. */
+	if (!res->ok && (a->stopping || !a->active) && r->cmds) {
+		/* Cut short by our own shutdown or a lost lock: hand the commands back
+		 * (offsets not stored) so whoever consumes gw.control next takes the
+		 * snapshot they asked for. */
 		log_warn("handing back the backup commands of the aborted snapshot",
 			 LS("snapshot_id", res->id));
 		report_release_cmds(r, 1);
@@ -144,18 +157,272 @@ static void on_snapshot_done(void *arg, const struct snapshot_result *res)
 	}
 	a->trigger = NULL;
 	/* Commands that came after the dump ended, while its result was on its way, need
-	 * a snapshot of their own. */
+	 * a snapshot of their own (after the verify, if one starts). */
 	a->waiting = a->next;
 	a->next = NULL;
+	if (res->ok && a->cfg->verify && !a->stopping && a->active &&
+	    start_verify(a, res->id) == 0) {
+		stop_kick(a);
+		return;
+	}
+	after_snapshot(a, res->ok);
+}
+
+/* ---- retention ---- */
+
+static void on_retention_deleted(void *arg, const struct store_entry *e)
+{
+	struct agent *a = arg;
+	metric_add(a->m_retention_deleted, 1);
+	json_t *extra = json_pack(
+	    "{s:s,s:s,s:I,s:I}", "snapshot_id", e->id, "status", store_status_name(e->status),
+	    "keep_last", (json_int_t)a->cfg->keep_last, "keep_days", (json_int_t)a->cfg->keep_days);
+	if (extra && e->has_manifest)
+		json_object_set_new(extra, "created_at", json_string(e->m.created_at));
+	struct audit_event ev;
+	audit_event_init(&ev);
+	ev.type = "backup.retention";
+	ev.outcome = "ok";
+	ev.reason = "deleted: beyond GW_BACKUP_KEEP_LAST and older than GW_BACKUP_KEEP_DAYS";
+	ev.extra = extra;
+	if (!extra || audit_emit(&a->producer, &ev, NULL, NULL) != 0)
+		log_error("cannot emit the backup.retention audit event", LS("snapshot_id", e->id));
+	json_decref(extra);
+}
+
+static void run_retention(struct agent *a)
+{
+	int n = retention_apply(&a->store, a->cfg->keep_last, a->cfg->keep_days, time(NULL),
+				on_retention_deleted, a);
+	if (n > 0)
+		log_info("retention done", LI("deleted", n), LI("keep_last", a->cfg->keep_last),
+			 LI("keep_days", a->cfg->keep_days));
+}
+
+/* After a snapshot (and its verify): retention, then the commands that waited. */
+static void after_snapshot(struct agent *a, int ran_ok)
+{
+	if (ran_ok && a->active && !a->stopping)
+		run_retention(a);
 	if (a->waiting && !a->stopping)
 		start_snapshot(a, "command");
 	stop_kick(a);
 }
 
+/* ---- verify ---- */
+
+static int vchild_out(void *arg, const void *buf, size_t n)
+{
+	struct agent *a = arg;
+	size_t room = sizeof a->verify_out - 1 - a->verify_len;
+	size_t take = n < room ? n : room;
+	memcpy(a->verify_out + a->verify_len, buf, take);
+	a->verify_len += take;
+	a->verify_out[a->verify_len] = 0;
+	return 0;
+}
+
+static void verify_audit(struct agent *a, int ok, const char *error, json_t *res)
+{
+	json_t *extra = json_pack("{s:s,s:s}", "snapshot_id", a->verify_id, "trigger", "serve");
+	const char *keys[] = {"chain",           "chain_checked", "scratch_database",
+			      "scratch_dropped", "duration_ms",   "plain_size"};
+	for (size_t i = 0; extra && res && i < sizeof keys / sizeof keys[0]; i++) {
+		json_t *v = json_object_get(res, keys[i]);
+		if (v)
+			json_object_set(extra, keys[i], v);
+	}
+	struct audit_event ev;
+	audit_event_init(&ev);
+	ev.type = "backup.verify";
+	ev.outcome = ok ? "ok" : "error";
+	ev.reason = ok ? NULL : error;
+	ev.extra = extra;
+	if (!extra || audit_emit(&a->producer, &ev, NULL, NULL) != 0)
+		log_error("cannot emit the backup.verify audit event",
+			  LS("snapshot_id", a->verify_id));
+	json_decref(extra);
+}
+
+static void vchild_exit(void *arg)
+{
+	struct agent *a = arg;
+	char why[CHILD_ERR_MAX + 128];
+	json_error_t jerr;
+	/* The last line of stdout is the result. */
+	char *line = a->verify_out;
+	for (char *p = a->verify_out; *p; p++)
+		if (*p == '\n' && p[1])
+			line = p + 1;
+	json_t *res = json_loads(line, JSON_DISABLE_EOF_CHECK, &jerr);
+	json_t *outcome = json_object_get(res, "outcome");
+	int ok = child_succeeded(&a->vchild) && json_is_string(outcome) &&
+		 strcmp(json_string_value(outcome), "ok") == 0;
+	const char *error = NULL;
+	if (!ok) {
+		json_t *e = json_object_get(res, "error");
+		if (json_is_string(e)) {
+			error = json_string_value(e);
+		} else {
+			child_describe(&a->vchild, why, sizeof why);
+			error = why;
+		}
+		log_error("snapshot verification failed", LS("snapshot_id", a->verify_id),
+			  LS("error", error));
+	} else {
+		json_t *chain = json_object_get(res, "chain");
+		log_info("snapshot verified", LS("snapshot_id", a->verify_id),
+			 LS("chain", json_is_string(chain) ? json_string_value(chain) : ""));
+	}
+	metric_add(ok ? a->m_verify_ok : a->m_verify_error, 1);
+	verify_audit(a, ok, error, res);
+	json_decref(res);
+	a->verifying = 0;
+	after_snapshot(a, 1);
+}
+
+static int start_verify(struct agent *a, const char *id)
+{
+	snprintf(a->verify_id, sizeof a->verify_id, "%s", id);
+	a->verify_len = 0;
+	a->verify_out[0] = 0;
+	/* Its own process: a restore of a large log takes minutes of blocking libpq and
+	 * pipe writes, which must not stall this loop. It reads the same environment. */
+	char *argv[] = {a->self_exe, "verify",     a->verify_id, "--format",
+			"json",      "--no-audit", NULL};
+	if (!a->vchild_up || child_spawn(&a->vchild, a->self_exe, argv, environ) != 0) {
+		log_error("cannot start the verification of a snapshot", LS("snapshot_id", id));
+		metric_add(a->m_verify_error, 1);
+		verify_audit(a, 0, "cannot start backup-agent verify", NULL);
+		return -1;
+	}
+	a->verifying = 1;
+	log_info("verifying the snapshot", LS("snapshot_id", id), LI("pid", a->vchild.pid));
+	return 0;
+}
+
+/* ---- the lock ---- */
+
+static void lock_try(struct agent *a);
+static void schedule_from_store(struct agent *a);
+
+static void become_active(struct agent *a)
+{
+	a->active = 1;
+	metric_set(a->m_active, 1);
+	log_info("holding the backup lock: this copy is the active one",
+		 LI("lock_key", a->cfg->lock_key));
+	/* Only the holder may clear temporaries: another copy's snapshot may be writing
+	 * one as long as it holds the lock. */
+	store_remove_stale(&a->store);
+	const char *topics[] = {GW_TOPIC_CONTROL};
+	if (!a->subscribed) {
+		if (kafka_consumer_subscribe(&a->consumer, topics, 1) == 0)
+			a->subscribed = 1;
+		else
+			log_error("cannot subscribe to gw.control: commands will not be seen",
+				  LS("topic", GW_TOPIC_CONTROL));
+	}
+	schedule_from_store(a);
+	run_retention(a);
+}
+
+static void on_lock_lost(void *arg, const char *error)
+{
+	struct agent *a = arg;
+	if (!a->active)
+		return;
+	a->active = 0;
+	metric_set(a->m_active, 0);
+	a->next_due_ms = 0;
+	a->lock_next_ms = 0;
+	log_error("lost the database connection holding the backup lock: standing by",
+		  LS("error", error));
+	if (a->subscribed) {
+		rd_kafka_resp_err_t err = rd_kafka_unsubscribe(a->consumer.rk);
+		if (err)
+			log_error("cannot unsubscribe from gw.control",
+				  LS("error", rd_kafka_err2str(err)));
+		a->subscribed = 0;
+	}
+	if (snapshot_running(&a->snap) && a->snap.state != SNAP_DONE) {
+		/* Another copy may take the lock now: two dumps at once is what the lock
+		 * exists to prevent. The commands are handed back in on_snapshot_done. */
+		snapshot_abort(&a->snap, "lost the backup lock");
+	} else {
+		struct agent_report tmp = {.cmds = a->waiting};
+		report_release_cmds(&tmp, 1);
+		tmp.cmds = a->next;
+		report_release_cmds(&tmp, 1);
+		a->waiting = a->next = NULL;
+	}
+}
+
+static void on_lock_result(void *arg, PGresult *res, const char *error)
+{
+	struct agent *a = arg;
+	if (!res) {
+		log_warn("cannot ask for the backup lock: retrying", LS("error", error),
+			 LI("retry_s", a->cfg->lock_retry_s));
+		pgq_close(&a->lock);
+		return;
+	}
+	if (a->stopping)
+		return;
+	if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+		become_active(a);
+		pgq_watch(&a->lock, on_lock_lost);
+		return;
+	}
+	if (!a->standby_logged)
+		log_info("standing by: another backup-agent holds the backup lock",
+			 LI("retry_s", a->cfg->lock_retry_s));
+	a->standby_logged = 1;
+}
+
+static void on_lock_connected(void *arg, PGresult *res, const char *error)
+{
+	struct agent *a = arg;
+	if (error) {
+		log_warn("cannot connect for the backup lock: retrying", LS("error", error),
+			 LI("retry_s", a->cfg->lock_retry_s));
+		return;
+	}
+	lock_try(a);
+}
+
+static void lock_try(struct agent *a)
+{
+	a->lock_next_ms = wire_now_ms() + a->cfg->lock_retry_s * 1000;
+	if (a->lock.connecting || a->lock.busy)
+		return;
+	if (!pgq_connected(&a->lock)) {
+		pgq_close(&a->lock);
+		if (pgq_connect(&a->lock, a->rt->base, a->cfg->url, LOCK_TIMEOUT_MS,
+				on_lock_connected, a) != 0)
+			log_warn("cannot connect for the backup lock: retrying",
+				 LS("error", a->lock.error), LI("retry_s", a->cfg->lock_retry_s));
+		return;
+	}
+	char sql[96];
+	snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%lld)", a->cfg->lock_key);
+	if (pgq_query(&a->lock, sql, LOCK_TIMEOUT_MS, on_lock_result) != 0) {
+		log_warn("cannot ask for the backup lock: retrying", LS("error", a->lock.error));
+		pgq_close(&a->lock);
+	}
+}
+
 static void on_janitor(evutil_socket_t fd, short what, void *arg)
 {
 	struct agent *a = arg;
-	if (a->stopping || a->next_due_ms == 0 || snapshot_running(&a->snap))
+	if (a->stopping)
+		return;
+	if (!a->active) {
+		if (wire_now_ms() >= a->lock_next_ms)
+			lock_try(a);
+		return;
+	}
+	if (a->next_due_ms == 0 || snapshot_running(&a->snap) || a->verifying)
 		return;
 	if (wire_now_ms() >= a->next_due_ms) {
 		log_info("interval snapshot due", LI("interval_s", a->cfg->interval_s));
@@ -242,7 +509,7 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 	struct agent_cmd **list = finished ? &a->next : &a->waiting;
 	cmd->next = *list;
 	*list = cmd;
-	if (!running)
+	if (!running && !a->verifying)
 		start_snapshot(a, "command");
 }
 
@@ -288,6 +555,17 @@ static void on_stop_step(evutil_socket_t fd, short what, void *arg)
 		snapshot_abort(&a->snap, "shutting down");
 		return;
 	}
+	if (a->verifying) {
+		if (now < a->stop_deadline_ms) {
+			schedule_stop_step(a, a->stop_deadline_ms);
+			return;
+		}
+		log_warn("stopping: the verification did not finish within GW_BACKUP_STOP_WAIT_MS; "
+			 "killing it (a gw_verify_* scratch database may be left: drop it)",
+			 LS("snapshot_id", a->verify_id));
+		child_kill(&a->vchild);
+		a->verifying = 0;
+	}
 	if (a->drain_deadline_ms == 0)
 		a->drain_deadline_ms = now + DRAIN_MS;
 	if (a->reports && now < a->drain_deadline_ms) {
@@ -299,6 +577,8 @@ static void on_stop_step(evutil_socket_t fd, short what, void *arg)
 			 "redone after a restart");
 	a->closed = 1;
 	close_kafka(a);
+	/* Closing the session releases the advisory lock for a standby to take. */
+	pgq_close(&a->lock);
 	log_info("stopped");
 	runtime_exit(a->rt);
 }
@@ -312,6 +592,12 @@ static void on_stop(void *arg)
 		log_info("stopping: waiting for the running snapshot",
 			 LS("snapshot_id", a->snap.res.id),
 			 LI("stop_wait_ms", a->cfg->stop_wait_ms));
+	if (a->verifying && a->vchild.pid > 0) {
+		/* verify drops its scratch database on SIGTERM, then exits. */
+		log_info("stopping: asking the verification to stop",
+			 LS("snapshot_id", a->verify_id));
+		kill(a->vchild.pid, SIGTERM);
+	}
 	stop_kick(a);
 }
 
@@ -324,6 +610,10 @@ static int on_ready(void *arg, char *why, size_t whycap)
 	}
 	if (!a->producer.broker_up) {
 		snprintf(why, whycap, "no Kafka broker reachable");
+		return 0;
+	}
+	if (!a->active) {
+		snprintf(why, whycap, "standby: another backup-agent holds the backup lock");
 		return 0;
 	}
 	return 1;
@@ -383,13 +673,33 @@ int agent_init(struct agent *a, struct runtime *rt, const struct settings *cfg)
 					"Duration of the last successful snapshot");
 	a->m_running = metric_get(METRIC_GAUGE, "gw_backup_running", NULL,
 				  "1 while a snapshot is being taken");
-	if (!a->m_ok || !a->m_error || !a->m_last_success || !a->m_last_duration || !a->m_running)
+	a->m_active = metric_get(METRIC_GAUGE, "gw_backup_active", NULL,
+				 "1 while this copy holds the backup lock (0: standby)");
+	a->m_verify_ok = metric_get(METRIC_COUNTER, "gw_backup_verify_total", "outcome=\"ok\"",
+				    "Snapshot verifications finished, by outcome");
+	a->m_verify_error =
+	    metric_get(METRIC_COUNTER, "gw_backup_verify_total", "outcome=\"error\"",
+		       "Snapshot verifications finished, by outcome");
+	a->m_retention_deleted = metric_get(METRIC_COUNTER, "gw_backup_retention_deleted_total",
+					    NULL, "Snapshots deleted by retention");
+	if (!a->m_ok || !a->m_error || !a->m_last_success || !a->m_last_duration || !a->m_running ||
+	    !a->m_active || !a->m_verify_ok || !a->m_verify_error || !a->m_retention_deleted)
 		return -1;
+	ssize_t n = readlink("/proc/self/exe", a->self_exe, sizeof a->self_exe - 1);
+	if (n <= 0) {
+		log_error("cannot find our own executable (/proc/self/exe) to run verify",
+			  LS("error", strerror(errno)));
+		return -1;
+	}
+	a->self_exe[n] = 0;
 	if (store_open(&a->store, cfg->dir, 1) != 0)
 		return -1;
 	a->snap_up = 1; /* snapshot_init leaves it safe to free even when it fails */
-	if (snapshot_init(&a->snap, rt->base, &a->store, cfg->url, cfg->pg_dump, on_snapshot_done,
-			  a) != 0)
+	if (snapshot_init(&a->snap, rt->base, &a->store, cfg->url, cfg->pg_dump, &cfg->key,
+			  on_snapshot_done, a) != 0)
+		return -1;
+	a->vchild_up = 1; /* child_free is safe after a failed child_init */
+	if (child_init(&a->vchild, rt->base, vchild_out, vchild_exit, a) != 0)
 		return -1;
 	const char *client = config_instance("backup-agent");
 	if (kafka_producer_init(&a->producer, rt->base, client) != 0)
@@ -400,9 +710,8 @@ int agent_init(struct agent *a, struct runtime *rt, const struct settings *cfg)
 	if (kafka_consumer_init(&a->consumer, rt->base, cfg->group, client, 100) != 0)
 		return -1;
 	a->consumer_up = 1;
-	const char *topics[] = {GW_TOPIC_CONTROL};
-	if (kafka_consumer_subscribe(&a->consumer, topics, 1) != 0)
-		return -1;
+	/* gw.control is subscribed to once the lock is ours: a standby in the group would
+	 * be handed commands it may not act on. */
 	a->janitor = event_new(rt->base, -1, EV_PERSIST, on_janitor, a);
 	a->stop_ev = event_new(rt->base, -1, 0, on_stop_step, a);
 	struct timeval tv = {JANITOR_MS / 1000, (JANITOR_MS % 1000) * 1000};
@@ -410,9 +719,12 @@ int agent_init(struct agent *a, struct runtime *rt, const struct settings *cfg)
 		log_error("cannot create timers");
 		return -1;
 	}
-	schedule_from_store(a);
+	metric_set(a->m_active, 0);
 	log_info("backup-agent serving", LS("dir", cfg->dir), LS("pg_dump", cfg->pg_dump),
-		 LS("group", cfg->group), LS("topic", GW_TOPIC_CONTROL));
+		 LS("group", cfg->group), LS("topic", GW_TOPIC_CONTROL), LS("key_id", cfg->key.id),
+		 LI("verify", cfg->verify), LI("keep_last", cfg->keep_last),
+		 LI("keep_days", cfg->keep_days));
+	lock_try(a);
 	return 0;
 }
 
@@ -426,6 +738,15 @@ void agent_free(struct agent *a)
 		snapshot_free(&a->snap);
 		a->snap_up = 0;
 	}
+	if (a->vchild_up) {
+		if (a->verifying)
+			log_warn("leaving with a verification in progress: killing it (a "
+				 "gw_verify_* scratch database may be left: drop it)",
+				 LS("snapshot_id", a->verify_id));
+		child_free(&a->vchild);
+		a->vchild_up = 0;
+	}
+	pgq_close(&a->lock);
 	if (!a->closed) {
 		a->closed = 1;
 		close_kafka(a);

@@ -1,13 +1,19 @@
-/* `backup-agent serve`: snapshots on a timer and on gw.control {"command":"backup"},
- * one at a time, each audited as backup.snapshot; graceful stop lets a running pg_dump
- * finish for up to GW_BACKUP_STOP_WAIT_MS. */
+/* `backup-agent serve`: one active copy per deployment (a PostgreSQL advisory lock; the
+ * others stand by and retry), snapshots on a timer and on gw.control {"command":"backup"},
+ * one at a time, each audited as backup.snapshot, then verified (a `backup-agent verify`
+ * child, audited as backup.verify) and followed by retention (backup.retention per
+ * deletion); graceful stop lets a running pg_dump or verify finish for up to
+ * GW_BACKUP_STOP_WAIT_MS. */
 #ifndef BACKUP_AGENT_H
 #define BACKUP_AGENT_H
 
+#include <limits.h>
 #include <stdint.h>
 
 #include "kafka.h"
+#include "child.h"
 #include "metrics.h"
+#include "pgq.h"
 #include "runtime.h"
 #include "settings.h"
 #include "snapshot.h"
@@ -42,7 +48,19 @@ struct agent {
 	struct kafka_producer producer;
 	struct kafka_consumer consumer;
 	int snap_up, producer_up, consumer_up; /* initialised, not yet freed/closed */
-	struct event *janitor;                 /* 1 s: the interval schedule */
+	int subscribed;                        /* to gw.control: only while active */
+	/* The advisory lock's session: holding it is being the active copy. */
+	struct pgq lock;
+	int active, standby_logged;
+	int64_t lock_next_ms; /* standby: next attempt */
+	/* The verify child (`backup-agent verify ID --format json --no-audit`). */
+	struct child vchild;
+	int vchild_up, verifying;
+	char verify_id[MANIFEST_ID_MAX];
+	char verify_out[4096];
+	size_t verify_len;
+	char self_exe[PATH_MAX];
+	struct event *janitor;        /* 1 s: the interval schedule */
 	struct event *stop_ev;        /* the shutdown sequence's next step (deadlines, wakeups) */
 	struct agent_cmd *waiting;    /* answered by the running (or starting) snapshot */
 	struct agent_cmd *next;       /* came after the running one's dump ended: the next one */
@@ -53,6 +71,7 @@ struct agent {
 	int64_t drain_deadline_ms;    /* stop: audit events still unacknowledged are given up */
 	int stopping, closed;
 	struct metric *m_ok, *m_error, *m_last_success, *m_last_duration, *m_running;
+	struct metric *m_active, *m_verify_ok, *m_verify_error, *m_retention_deleted;
 };
 
 /* Sets everything up (store, snapshot machine, Kafka, metrics, timers). -1 logged:

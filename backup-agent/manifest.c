@@ -69,14 +69,29 @@ char *manifest_encode(const struct manifest *m)
 		return NULL;
 	}
 	json_t *o = json_pack(
-	    "{s:i,s:s,s:s,s:s,s:s,s:s,s:i,s:I,s:s,s:s,s:I,s:b}", "manifest_version",
+	    "{s:i,s:s,s:s,s:s,s:s,s:s,s:i,s:I,s:s,s:s,s:I,s:b,s:s,s:s,s:I,s:s}", "manifest_version",
 	    MANIFEST_VERSION, "id", m->id, "created_at", m->created_at, "format", m->format,
 	    "database", m->database, "server_version", m->server_version, "server_version_num",
 	    m->server_version_num, "size", (json_int_t)m->size, "sha256", m->sha256, "tool_version",
-	    m->tool_version, "duration_ms", (json_int_t)m->duration_ms, "encrypted", m->encrypted);
+	    m->tool_version, "duration_ms", (json_int_t)m->duration_ms, "encrypted", m->encrypted,
+	    "encryption", m->encryption[0] ? m->encryption : MANIFEST_ENCRYPTION_NONE, "key_id",
+	    m->key_id, "plain_size", (json_int_t)m->plain_size, "agent_version",
+	    m->agent_version[0] ? m->agent_version : MANIFEST_AGENT_VERSION);
 	if (!o) {
 		log_error("cannot build manifest JSON", LS("snapshot_id", m->id));
 		return NULL;
+	}
+	if (m->audit[0]) {
+		json_error_t jerr;
+		json_t *a = json_loads(m->audit, 0, &jerr);
+		if (!json_is_object(a) || json_object_set_new(o, "audit", a) != 0) {
+			if (a && !json_is_object(a))
+				json_decref(a);
+			json_decref(o);
+			log_error("refusing to write a manifest with a bad audit section",
+				  LS("snapshot_id", m->id));
+			return NULL;
+		}
 	}
 	char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(o);
@@ -151,7 +166,7 @@ int manifest_decode(const char *buf, size_t len, struct manifest *m, char *why, 
 	}
 	if (get_int(o, "manifest_version", 1, &ver, why, whycap))
 		goto out;
-	if (ver != MANIFEST_VERSION) {
+	if (ver != 1 && ver != MANIFEST_VERSION) {
 		snprintf(why, whycap, "manifest_version %lld is not supported", ver);
 		goto out;
 	}
@@ -178,6 +193,40 @@ int manifest_decode(const char *buf, size_t len, struct manifest *m, char *why, 
 		goto out;
 	}
 	m->encrypted = json_is_true(enc);
+	m->plain_size = -1;
+	snprintf(m->encryption, sizeof m->encryption, "%s", MANIFEST_ENCRYPTION_NONE);
+	if (ver >= 2) {
+		json_t *a = json_object_get(o, "audit");
+		if (get_str(o, "encryption", m->encryption, sizeof m->encryption, 0, why, whycap) ||
+		    get_str(o, "key_id", m->key_id, sizeof m->key_id, 1, why, whycap) ||
+		    get_int(o, "plain_size", 0, &m->plain_size, why, whycap) ||
+		    get_str(o, "agent_version", m->agent_version, sizeof m->agent_version, 1, why,
+			    whycap))
+			goto out;
+		if (a) {
+			char *txt = json_is_object(a)
+					? json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER)
+					: NULL;
+			size_t n = txt ? strlen(txt) : 0;
+			if (!txt || n >= sizeof m->audit) {
+				free(txt);
+				snprintf(why, whycap,
+					 "\"audit\" is not an object of at most %d bytes",
+					 MANIFEST_AUDIT_MAX - 1);
+				goto out;
+			}
+			memcpy(m->audit, txt, n + 1);
+			free(txt);
+		}
+		if ((strcmp(m->encryption, MANIFEST_ENCRYPTION_NONE) == 0) == m->encrypted) {
+			snprintf(why, whycap, "\"encryption\" and \"encrypted\" disagree");
+			goto out;
+		}
+		if (m->encrypted && strlen(m->key_id) != 16) {
+			snprintf(why, whycap, "\"key_id\" is not a key id");
+			goto out;
+		}
+	}
 	if (!store_id_valid(m->id)) {
 		snprintf(why, whycap, "\"id\" is not a snapshot id");
 		goto out;

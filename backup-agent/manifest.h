@@ -6,7 +6,12 @@
 #include <stddef.h>
 #include <time.h>
 
-#define MANIFEST_VERSION               1
+#define MANIFEST_VERSION               2
+#define MANIFEST_AGENT_VERSION         "backup-agent 0.2.0"
+#define MANIFEST_ENCRYPTION_NONE       "none"
+/* The audit section's compact JSON (tables and chain heads) must fit here: a few hundred
+ * chains' heads. */
+#define MANIFEST_AUDIT_MAX             24576
 #define MANIFEST_FORMAT_PG_DUMP_CUSTOM "pg_dump-custom"
 #define MANIFEST_ID_MAX                32
 #define MANIFEST_SHA256_HEX            64
@@ -24,6 +29,11 @@ struct manifest {
 	char tool_version[128]; /* `pg_dump --version` */
 	long long duration_ms;
 	int encrypted;
+	char encryption[32];            /* "none" or crypt.h's CRYPT_SCHEME */
+	char key_id[24];                /* the backup key's id when encrypted, else "" */
+	long long plain_size;           /* bytes pg_dump wrote; -1 when unknown (version 1) */
+	char agent_version[32];         /* MANIFEST_AGENT_VERSION of the writer; "" in version 1 */
+	char audit[MANIFEST_AUDIT_MAX]; /* compact JSON object (see docs), "" when absent */
 };
 
 /* Formats t as RFC 3339 UTC with seconds into buf (at least 21 bytes). */

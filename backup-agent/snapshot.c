@@ -1,8 +1,8 @@
-/* The snapshot state machine: pg_dump --version, a server probe, then pg_dump -Fc into a
- * temporary file, published by rename with its manifest. The dump streams through a
- * pipe rather than straight into the file so that the size and SHA-256 come for free,
- * a write failure is ours to see and report, and encryption (a later issue) slots in
- * as a transform on this path without plaintext ever touching the disk. */
+/* The snapshot state machine: pg_dump --version, an exported snapshot with the audit
+ * state read inside it, then pg_dump -Fc --snapshot into a temporary file, published by
+ * rename with its manifest. The dump streams through a pipe rather than straight into the
+ * file so that it is encrypted before it touches the disk, the size and SHA-256 come for
+ * free, and a write failure is ours to see and report. */
 #include "snapshot.h"
 
 #include <errno.h>
@@ -14,18 +14,28 @@
 #include <unistd.h>
 
 #include "audit.h"
+#include "auditstate.h"
 #include "log.h"
 #include "wire.h"
 
-#define PROBE_TIMEOUT_MS 15000
+#define CONNECT_TIMEOUT_MS 15000
+/* The audit counts scan whole tables: minutes on a large log is normal. */
+#define QUERY_TIMEOUT_MS   (30 * 60 * 1000)
 /* Start writeback every this many bytes, so the final fsync does not have a whole
  * dump's worth of dirty pages to flush while the loop waits. */
-#define WRITEBACK_EVERY  (32LL << 20)
+#define WRITEBACK_EVERY    (32LL << 20)
 
 static void cleanup_run(struct snapshot *s)
 {
 	child_kill(&s->child);
-	source_probe_cancel(&s->probe);
+	/* Closing ends the exported snapshot's transaction (the server rolls it back). */
+	pgq_close(&s->db);
+	if (s->catalog)
+		PQclear(s->catalog);
+	s->catalog = NULL;
+	if (s->cw_up)
+		crypt_writer_free(&s->cw);
+	s->cw_up = 0;
 	if (s->tmp_fd >= 0)
 		close(s->tmp_fd);
 	s->tmp_fd = -1;
@@ -126,16 +136,25 @@ static int on_out(void *arg, const void *buf, size_t n)
 		s->tool_out[s->tool_len] = 0;
 		return 0;
 	}
-	if (s->state != SNAP_DUMP || s->tmp_fd < 0)
+	if (s->state != SNAP_DUMP || s->tmp_fd < 0 || !s->cw_up)
 		return -1;
-	for (size_t i = 0; s->size + (long long)i < 5 && i < n; i++)
-		s->magic[s->size + (long long)i] = ((const unsigned char *)buf)[i];
+	for (size_t i = 0; s->plain_size + (long long)i < 5 && i < n; i++)
+		s->magic[s->plain_size + (long long)i] = ((const unsigned char *)buf)[i];
+	s->plain_size += (long long)n;
+	return crypt_writer_update(&s->cw, buf, n);
+}
+
+/* The encrypted bytes: into the temporary file and the digest. */
+static int file_sink(void *arg, const void *buf, size_t n)
+{
+	struct snapshot *s = arg;
 	if (store_write_all(s->tmp_fd, buf, n) != 0) {
 		s->write_errno = errno;
 		return -1;
 	}
 	if (EVP_DigestUpdate(s->md, buf, n) != 1) {
 		s->write_errno = EIO;
+		errno = EIO;
 		return -1;
 	}
 	s->size += (long long)n;
@@ -162,17 +181,31 @@ static void start_dump(struct snapshot *s)
 		fail(s, "cannot set up SHA-256");
 		return;
 	}
+	if (crypt_writer_init(&s->cw, s->key, CRYPT_SEGMENT, file_sink, s) != 0) {
+		crypt_writer_free(&s->cw);
+		if (s->write_errno)
+			fail(s, "cannot write %s/%s: %s", s->store->path, s->tmp_name,
+			     strerror(s->write_errno));
+		else
+			fail(s, "cannot start encrypting: %s", s->cw.error);
+		return;
+	}
+	s->cw_up = 1;
 	/* The password reaches pg_dump as PGPASSWORD in its environment, which only our
 	 * own user (and root) can read, as they could read our environment and memory
 	 * anyway; argv is world-readable through ps and /proc. A password file would put
 	 * the secret on disk, where a crash could leave it. The rest of the connection
 	 * string (host, port, user, database, TLS files) is not secret and goes in argv. */
-	char *dbarg = NULL;
-	if (s->src.conninfo[0] && asprintf(&dbarg, "--dbname=%s", s->src.conninfo) < 0) {
+	char *dbarg = NULL, *snaparg = NULL;
+	if ((s->src.conninfo[0] && asprintf(&dbarg, "--dbname=%s", s->src.conninfo) < 0) ||
+	    asprintf(&snaparg, "--snapshot=%s", s->pg_snapshot) < 0) {
+		free(dbarg);
 		fail(s, "out of memory");
 		return;
 	}
-	char *argv[] = {(char *)s->pg_dump, "--format=custom", "--no-password", dbarg, NULL};
+	/* dbarg last: with no conninfo it is NULL and ends argv early. */
+	char *argv[] = {
+	    (char *)s->pg_dump, "--format=custom", "--no-password", snaparg, dbarg, NULL};
 	char **env = source_child_env(&s->src, 1);
 	if (!env) {
 		free(dbarg);
@@ -182,6 +215,7 @@ static void start_dump(struct snapshot *s)
 	int rc = child_spawn(&s->child, s->pg_dump, argv, env);
 	source_env_free(env);
 	free(dbarg);
+	free(snaparg);
 	if (rc != 0) {
 		fail(s, "cannot start %s", s->pg_dump);
 		return;
@@ -191,18 +225,92 @@ static void start_dump(struct snapshot *s)
 		 LS("file", s->tmp_name));
 }
 
-static void on_probe(void *arg, int ok, const char *error)
+static void on_heads(void *arg, PGresult *res, const char *error);
+
+static void audit_state_done(struct snapshot *s, const PGresult *heads, const char *source)
+{
+	char *js = auditstate_json(s->catalog, heads, source);
+	size_t n = js ? strlen(js) : 0;
+	if (!js || n >= sizeof s->res.m.audit) {
+		free(js);
+		fail(s, "the audit state does not fit the manifest (%zu bytes)", n);
+		return;
+	}
+	memcpy(s->res.m.audit, js, n + 1);
+	free(js);
+	PQclear(s->catalog);
+	s->catalog = NULL;
+	start_dump(s);
+}
+
+static void on_catalog(void *arg, PGresult *res, const char *error)
 {
 	struct snapshot *s = arg;
-	if (!ok) {
+	if (!res) {
+		fail(s, "cannot read the audit tables: %s", error);
+		return;
+	}
+	s->catalog = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
+	char *sql = NULL;
+	const char *source;
+	if (!s->catalog || PQnfields(res) != 5 || auditstate_heads_sql(res, &sql, &source) != 0) {
+		fail(s, "out of memory reading the audit tables");
+		return;
+	}
+	if (!sql) {
+		audit_state_done(s, NULL, source);
+		return;
+	}
+	s->state = SNAP_HEADS;
+	s->heads_source = source;
+	int rc = pgq_query(&s->db, sql, QUERY_TIMEOUT_MS, on_heads);
+	free(sql);
+	if (rc != 0)
+		fail(s, "cannot read the audit chain heads: %s", s->db.error);
+}
+
+static void on_heads(void *arg, PGresult *res, const char *error)
+{
+	struct snapshot *s = arg;
+	if (!res) {
+		fail(s, "cannot read the audit chain heads: %s", error);
+		return;
+	}
+	audit_state_done(s, res, s->heads_source);
+}
+
+static void on_export(void *arg, PGresult *res, const char *error)
+{
+	struct snapshot *s = arg;
+	if (!res || PQntuples(res) != 1 || PQnfields(res) != 1) {
+		fail(s, "cannot export a database snapshot: %s", error ? error : "no result");
+		return;
+	}
+	snprintf(s->pg_snapshot, sizeof s->pg_snapshot, "%s", PQgetvalue(res, 0, 0));
+	s->state = SNAP_CATALOG;
+	if (pgq_query(&s->db, auditstate_catalog_sql(), QUERY_TIMEOUT_MS, on_catalog) != 0)
+		fail(s, "cannot read the audit tables: %s", s->db.error);
+}
+
+static void on_connect(void *arg, PGresult *res, const char *error)
+{
+	struct snapshot *s = arg;
+	if (error) {
 		fail(s, "cannot connect to the database: %s", error);
 		return;
 	}
 	struct manifest *m = &s->res.m;
-	snprintf(m->database, sizeof m->database, "%s", s->probe.database);
-	snprintf(m->server_version, sizeof m->server_version, "%s", s->probe.server_version);
-	m->server_version_num = s->probe.server_version_num;
-	start_dump(s);
+	snprintf(m->database, sizeof m->database, "%s", s->db.database);
+	snprintf(m->server_version, sizeof m->server_version, "%s", s->db.server_version);
+	m->server_version_num = s->db.server_version_num;
+	/* The audit counts and pg_dump must see the same rows: pg_dump imports this
+	 * transaction's snapshot, which stays valid while the transaction is open. */
+	s->state = SNAP_EXPORT;
+	if (pgq_query(
+		&s->db,
+		"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot()",
+		QUERY_TIMEOUT_MS, on_export) != 0)
+		fail(s, "cannot export a database snapshot: %s", s->db.error);
 }
 
 static void version_done(struct snapshot *s)
@@ -220,9 +328,9 @@ static void version_done(struct snapshot *s)
 		return;
 	}
 	memcpy(s->res.m.tool_version, s->tool_out, n + 1);
-	s->state = SNAP_PROBE;
-	if (source_probe_start(&s->probe, s->base, s->url, PROBE_TIMEOUT_MS, on_probe, s) != 0)
-		fail(s, "cannot connect to the database: %s", s->probe.error);
+	s->state = SNAP_CONNECT;
+	if (pgq_connect(&s->db, s->base, s->url, CONNECT_TIMEOUT_MS, on_connect, s) != 0)
+		fail(s, "cannot connect to the database: %s", s->db.error);
 }
 
 static void dump_done(struct snapshot *s)
@@ -240,8 +348,17 @@ static void dump_done(struct snapshot *s)
 		fail(s, "pg_dump %s", why);
 		return;
 	}
-	if (s->size < 5 || memcmp(s->magic, "PGDMP", 5) != 0) {
-		fail(s, "pg_dump's output is not a custom-format archive (%lld bytes)", s->size);
+	if (s->plain_size < 5 || memcmp(s->magic, "PGDMP", 5) != 0) {
+		fail(s, "pg_dump's output is not a custom-format archive (%lld bytes)",
+		     s->plain_size);
+		return;
+	}
+	if (crypt_writer_finish(&s->cw) != 0) {
+		if (s->write_errno)
+			fail(s, "cannot write %s/%s: %s", s->store->path, s->tmp_name,
+			     strerror(s->write_errno));
+		else
+			fail(s, "encryption failed: %s", s->cw.error);
 		return;
 	}
 	if (fsync(s->tmp_fd) != 0) {
@@ -269,6 +386,11 @@ static void dump_done(struct snapshot *s)
 	}
 	s->tmp_name[0] = 0;
 	m->size = s->size;
+	m->plain_size = s->plain_size;
+	m->encrypted = 1;
+	snprintf(m->encryption, sizeof m->encryption, "%s", CRYPT_SCHEME);
+	snprintf(m->key_id, sizeof m->key_id, "%s", s->key->id);
+	snprintf(m->agent_version, sizeof m->agent_version, "%s", MANIFEST_AGENT_VERSION);
 	m->duration_ms = (wire_now_us() - s->start_us) / 1000;
 	if (store_write_manifest(s->store, m) != 0) {
 		/* A dump without its manifest is not a snapshot anyone can check: take it
@@ -280,7 +402,8 @@ static void dump_done(struct snapshot *s)
 	cleanup_run(s);
 	s->res.ok = 1;
 	log_info("snapshot written", LS("snapshot_id", s->res.id), LS("dir", s->store->path),
-		 LS("database", m->database), LI("size", m->size), LS("sha256", m->sha256),
+		 LS("database", m->database), LI("size", m->size), LI("plain_size", m->plain_size),
+		 LS("key_id", m->key_id), LS("sha256", m->sha256),
 		 LI("duration_ms", m->duration_ms));
 	deliver(s);
 }
@@ -295,8 +418,8 @@ static void on_exit_child(void *arg)
 }
 
 int snapshot_init(struct snapshot *s, struct event_base *base, struct store *st, const char *url,
-		  const char *pg_dump, void (*done)(void *arg, const struct snapshot_result *r),
-		  void *arg)
+		  const char *pg_dump, const struct crypt_key *key,
+		  void (*done)(void *arg, const struct snapshot_result *r), void *arg)
 {
 	char why[256];
 	memset(s, 0, sizeof *s);
@@ -304,10 +427,16 @@ int snapshot_init(struct snapshot *s, struct event_base *base, struct store *st,
 	s->store = st;
 	s->url = url;
 	s->pg_dump = pg_dump;
+	s->key = key;
 	s->done = done;
 	s->arg = arg;
 	s->tmp_fd = -1;
 	s->child.out_fd = s->child.err_fd = -1; /* safe to free before child_init */
+	if (!key || !key->set) {
+		log_error("no backup key: set GW_BACKUP_KEY_FILE (64 hex digits, e.g. from "
+			  "`openssl rand -hex 32`)");
+		return -1;
+	}
 	if (source_parse(&s->src, url, why, sizeof why) != 0) {
 		log_error("the database URL cannot be used: check GW_BACKUP_DATABASE_URL",
 			  LS("error", why));
@@ -345,7 +474,8 @@ int snapshot_start(struct snapshot *s)
 	if (s->state != SNAP_IDLE)
 		return -1;
 	memset(&s->res, 0, sizeof s->res);
-	s->size = s->unsynced = 0;
+	s->size = s->plain_size = s->unsynced = 0;
+	s->pg_snapshot[0] = 0;
 	s->write_errno = 0;
 	s->tool_len = 0;
 	s->tool_out[0] = 0;
@@ -361,7 +491,6 @@ int snapshot_start(struct snapshot *s)
 	memcpy(m->id, s->res.id, sizeof m->id);
 	manifest_time_format(now, m->created_at, sizeof m->created_at);
 	snprintf(m->format, sizeof m->format, "%s", MANIFEST_FORMAT_PG_DUMP_CUSTOM);
-	m->encrypted = 0;
 	log_info("snapshot started", LS("snapshot_id", s->res.id), LS("dir", s->store->path));
 	s->state = SNAP_VERSION;
 	char *argv[] = {(char *)s->pg_dump, "--version", NULL};
@@ -398,6 +527,8 @@ int snapshot_audit(struct kafka_producer *p, const struct snapshot_result *r, co
 	    json_object_set_new(extra, "sha256", r->ok ? json_string(r->m.sha256) : json_null());
 	if (r->m.database[0])
 		bad |= json_object_set_new(extra, "database", json_string(r->m.database));
+	if (r->ok)
+		bad |= json_object_set_new(extra, "key_id", json_string(r->m.key_id));
 	if (requested_by)
 		bad |= json_object_set_new(extra, "requested_by", json_string(requested_by));
 	if (bad) {

@@ -1,7 +1,9 @@
 /* One snapshot as a state machine on an event loop, shared by `backup-agent snapshot`
- * (its own loop) and `serve`: pg_dump --version, a probe of the server, then pg_dump -Fc
- * streamed through a pipe into a temporary file (hashed on the way), fsync, rename to
- * <id>.dump, and the manifest. Only complete snapshots ever get a final name. */
+ * (its own loop) and `serve`: pg_dump --version; a connection that opens a repeatable-read
+ * transaction, exports its snapshot and reads the audit state in it; then pg_dump -Fc
+ * --snapshot (the same rows) streamed through a pipe, encrypted (crypt.h) into a
+ * temporary file (hashed on the way), fsync, rename to <id>.dump, and the manifest. Only
+ * complete snapshots ever get a final name. */
 #ifndef BACKUP_SNAPSHOT_H
 #define BACKUP_SNAPSHOT_H
 
@@ -10,15 +12,20 @@
 #include <stdint.h>
 
 #include "child.h"
+#include "crypt.h"
 #include "kafka.h"
 #include "manifest.h"
+#include "pgq.h"
 #include "source.h"
 #include "store.h"
 
 enum snapshot_state {
 	SNAP_IDLE,
 	SNAP_VERSION, /* pg_dump --version */
-	SNAP_PROBE,   /* connecting to read the server version */
+	SNAP_CONNECT, /* connecting: server version, database name */
+	SNAP_EXPORT,  /* BEGIN REPEATABLE READ; pg_export_snapshot() */
+	SNAP_CATALOG, /* audit tables and their row counts */
+	SNAP_HEADS,   /* audit chain heads (or partition offsets) */
 	SNAP_DUMP,    /* pg_dump running, output streaming into the temporary file */
 	SNAP_DONE,    /* result waiting to be delivered from the loop */
 };
@@ -32,8 +39,9 @@ struct snapshot_result {
 	struct manifest m;
 };
 
-/* Owned by its user (the agent, or the CLI); store and url are borrowed and outlive it.
- * The events, the child, the probe, the temporary file and the digest are owned here. */
+/* Owned by its user (the agent, or the CLI); store, url and key are borrowed and outlive
+ * it. The events, the child, the connection, the encryption state, the temporary file,
+ * the digest and the saved catalog are owned here. */
 struct snapshot {
 	struct event_base *base;
 	struct store *store;
@@ -41,8 +49,14 @@ struct snapshot {
 	const char *pg_dump; /* path */
 	struct source src;
 	struct child child;
-	struct source_probe probe;
-	struct event *finish; /* delivers the result outside the callback that ended the run */
+	const struct crypt_key *key;
+	struct pgq db; /* holds the exported snapshot's transaction until pg_dump ends */
+	struct crypt_writer cw;
+	int cw_up;
+	PGresult *catalog; /* copy of the catalog query's result, until the heads arrive */
+	char pg_snapshot[64];
+	const char *heads_source; /* static string */
+	struct event *finish;     /* delivers the result outside the callback that ended the run */
 	enum snapshot_state state;
 	struct snapshot_result res;
 	char tool_out[256];
@@ -50,7 +64,8 @@ struct snapshot {
 	int tmp_fd;
 	char tmp_name[STORE_NAME_MAX];
 	EVP_MD_CTX *md;
-	long long size;
+	long long size; /* bytes written to the file */
+	long long plain_size;
 	long long unsynced;
 	unsigned char magic[5];
 	int write_errno;
@@ -63,8 +78,8 @@ struct snapshot {
 /* Checks url can be used (logs what is wrong, without the password) and sets up the
  * events. -1 on failure. */
 int snapshot_init(struct snapshot *s, struct event_base *base, struct store *st, const char *url,
-		  const char *pg_dump, void (*done)(void *arg, const struct snapshot_result *r),
-		  void *arg);
+		  const char *pg_dump, const struct crypt_key *key,
+		  void (*done)(void *arg, const struct snapshot_result *r), void *arg);
 void snapshot_free(struct snapshot *s);
 
 /* Starts a snapshot; the result, success or failure, arrives through done. -1 only

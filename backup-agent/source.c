@@ -1,13 +1,12 @@
-/* The database to back up: connection string handling that keeps the password out of
- * argv, and the non-blocking connection probe (PQconnectStartParams + PQconnectPoll
- * driven by libevent) that reads the server version. */
+/* Connection strings for child processes: the password is split off so it reaches
+ * pg_dump / pg_restore through the child's environment, never its argv. */
 #include "source.h"
 
 #include <errno.h>
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 extern char **environ;
 
@@ -142,127 +141,4 @@ void source_env_free(char **env)
 		free(*e);
 	}
 	free(env);
-}
-
-/* ---- the probe ---- */
-
-static long long now_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
-static void probe_cleanup(struct source_probe *p)
-{
-	if (p->ev)
-		event_free(p->ev);
-	p->ev = NULL;
-	if (p->conn)
-		PQfinish(p->conn);
-	p->conn = NULL;
-}
-
-/* libpq's messages end in a newline and may span lines: one line, tabs as spaces. */
-static void fold(char *dst, size_t cap, const char *src)
-{
-	size_t n = 0;
-	for (const char *c = src; *c && n + 1 < cap; c++) {
-		char ch = (*c == '\n' || *c == '\r' || *c == '\t') ? ' ' : *c;
-		if (ch == ' ' && (n == 0 || dst[n - 1] == ' '))
-			continue;
-		dst[n++] = ch;
-	}
-	while (n && dst[n - 1] == ' ')
-		n--;
-	dst[n] = 0;
-}
-
-static void probe_fail(struct source_probe *p, const char *err)
-{
-	char msg[512];
-	fold(msg, sizeof msg, err);
-	probe_cleanup(p);
-	p->done(p->arg, 0, msg);
-}
-
-static void probe_ok(struct source_probe *p)
-{
-	const char *db = PQdb(p->conn), *ver = PQparameterStatus(p->conn, "server_version");
-	snprintf(p->database, sizeof p->database, "%s", db ? db : "");
-	snprintf(p->server_version, sizeof p->server_version, "%s", ver ? ver : "");
-	p->server_version_num = PQserverVersion(p->conn);
-	probe_cleanup(p);
-	p->done(p->arg, 1, NULL);
-}
-
-static void probe_ready(evutil_socket_t fd, short what, void *arg);
-
-static void probe_wait(struct source_probe *p, short what)
-{
-	if (p->ev)
-		event_free(p->ev);
-	p->ev = NULL;
-	int fd = PQsocket(p->conn);
-	long long left = p->deadline_ms - now_ms();
-	if (fd < 0) {
-		probe_fail(p, "libpq has no socket to wait on");
-		return;
-	}
-	if (left <= 0) {
-		probe_fail(p, "timed out connecting to the database");
-		return;
-	}
-	struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
-	p->ev = event_new(p->base, fd, what, probe_ready, p);
-	if (!p->ev || event_add(p->ev, &tv) != 0)
-		probe_fail(p, "cannot wait for the database socket");
-}
-
-static void probe_ready(evutil_socket_t fd, short what, void *arg)
-{
-	struct source_probe *p = arg;
-	if (what & EV_TIMEOUT) {
-		probe_fail(p, "timed out connecting to the database");
-		return;
-	}
-	switch (PQconnectPoll(p->conn)) {
-	case PGRES_POLLING_READING: probe_wait(p, EV_READ); break;
-	case PGRES_POLLING_WRITING: probe_wait(p, EV_WRITE); break;
-	case PGRES_POLLING_OK: probe_ok(p); break;
-	default: probe_fail(p, PQerrorMessage(p->conn)); break;
-	}
-}
-
-int source_probe_start(struct source_probe *p, struct event_base *base, const char *url,
-		       int timeout_ms, void (*done)(void *arg, int ok, const char *error),
-		       void *arg)
-{
-	memset(p, 0, sizeof *p);
-	p->base = base;
-	p->done = done;
-	p->arg = arg;
-	p->deadline_ms = now_ms() + timeout_ms;
-	/* Name resolution inside PQconnectStartParams is synchronous (a libpq limit);
-	 * everything after it waits on the loop. */
-	const char *keys[] = {"fallback_application_name", "dbname", NULL};
-	const char *vals[] = {"backup-agent", url, NULL};
-	p->conn = PQconnectStartParams(keys, vals, 1);
-	if (!p->conn) {
-		snprintf(p->error, sizeof p->error, "out of memory");
-		return -1;
-	}
-	if (PQstatus(p->conn) == CONNECTION_BAD) {
-		fold(p->error, sizeof p->error, PQerrorMessage(p->conn));
-		probe_cleanup(p);
-		return -1;
-	}
-	/* Before the first PQconnectPoll libpq wants us to act as if it asked for WRITING. */
-	probe_wait(p, EV_WRITE);
-	return 0;
-}
-
-void source_probe_cancel(struct source_probe *p)
-{
-	probe_cleanup(p);
 }

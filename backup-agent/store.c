@@ -182,6 +182,50 @@ int store_remove(struct store *st, const char *name)
 	return fsync_dir(st);
 }
 
+int store_remove_stale(struct store *st)
+{
+	int fd = dup(st->dirfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		log_error("cannot read the backup directory", LS("dir", st->path),
+			  LS("error", strerror(errno)));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	rewinddir(d);
+	/* Collected first: unlinking while readdir walks the directory may skip entries. */
+	char(*names)[STORE_NAME_MAX] = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	int removed = 0;
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		if (strncmp(de->d_name, ".snap-", 6) != 0 || len < 10 || len >= STORE_NAME_MAX ||
+		    strcmp(de->d_name + len - 4, ".tmp") != 0)
+			continue;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			void *nn = realloc(names, nc * sizeof *names);
+			if (!nn)
+				break;
+			names = nn;
+			cap = nc;
+		}
+		memcpy(names[n++], de->d_name, len + 1);
+	}
+	closedir(d);
+	for (size_t i = 0; i < n; i++) {
+		if (store_remove(st, names[i]) == 0) {
+			log_warn("removed a temporary file left by an interrupted snapshot",
+				 LS("dir", st->path), LS("file", names[i]));
+			removed++;
+		}
+	}
+	free(names);
+	return removed;
+}
+
 int store_write_all(int fd, const void *buf, size_t n)
 {
 	const char *p = buf;

@@ -62,6 +62,11 @@ int store_publish(struct store *st, const char *tmp, const char *final);
 /* Removes name (absent is fine) and fsyncs the directory. */
 int store_remove(struct store *st, const char *name);
 
+/* Removes every temporary file (.snap-*.tmp): left by a crash. Only the holder of the
+ * backup lock may call it, or it would pull a file from under a running snapshot.
+ * Returns how many were removed, -1 when the directory cannot be read (logged). */
+int store_remove_stale(struct store *st);
+
 /* write(2) until all of buf is written; -1 with errno on failure. */
 int store_write_all(int fd, const void *buf, size_t n);
 

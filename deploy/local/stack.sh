@@ -199,9 +199,12 @@ JSON
 	# shellcheck disable=SC2086
 	stack_spawn dispatcher env $common GW_ADMIN_LISTEN="127.0.0.1:$DISPATCHER_ADMIN" \
 		GW_ENDPOINTS_FILE="$STACK_DIR/endpoints.json" "$b/dispatcher/dispatcher" serve
+	# The backup key: local only, next to (not inside) the backups it opens.
+	[ -s "$STACK_DIR/backup.key" ] || (umask 077 && openssl rand -hex 32 >"$STACK_DIR/backup.key")
 	# shellcheck disable=SC2086
 	stack_spawn backup-agent env $common GW_ADMIN_LISTEN="127.0.0.1:$BACKUP_ADMIN" \
 		GW_DATABASE_URL="$(stack_url gw_backup)" GW_BACKUP_DIR="$STACK_DIR/backups" \
+		GW_BACKUP_KEY_FILE="$STACK_DIR/backup.key" GW_BACKUP_ADMIN_URL="$PG_ADMIN_URL" \
 		GW_BACKUP_INTERVAL="${GW_BACKUP_INTERVAL:-3600}" "$b/backup-agent/backup-agent" serve
 	# shellcheck disable=SC2086
 	stack_spawn ingress env $common GW_ADMIN_LISTEN="127.0.0.1:$INGRESS_ADMIN" \
@@ -227,6 +230,7 @@ GW_DATABASE_URL='$(stack_url gw_compliance)'
 GW_DATABASE_ADMIN_URL='$PG_ADMIN_URL'
 GW_BACKUP_DATABASE_URL='$(stack_url gw_backup)'
 GW_BACKUP_DIR=$STACK_DIR/backups
+GW_BACKUP_KEY_FILE=$STACK_DIR/backup.key
 GW_ENDPOINTS_FILE=$STACK_DIR/endpoints.json
 GW_INGRESS_URL=$INGRESS_URL
 GW_ADMIN_PORTS='ingress=$INGRESS_ADMIN authz=$AUTHZ_ADMIN dispatcher=$DISPATCHER_ADMIN auditor=$AUDITOR_ADMIN backup-agent=$BACKUP_ADMIN'

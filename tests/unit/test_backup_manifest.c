@@ -53,7 +53,13 @@ static void sample(struct manifest *m, const char *id, long long size)
 		 "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
 	snprintf(m->tool_version, sizeof m->tool_version, "pg_dump (PostgreSQL) 15.18");
 	m->duration_ms = 1234;
-	m->encrypted = 0;
+	m->encrypted = 1;
+	snprintf(m->encryption, sizeof m->encryption, "gw-aes-256-gcm-seg-v1");
+	snprintf(m->key_id, sizeof m->key_id, "0123456789abcdef");
+	m->plain_size = size > 100 ? size - 100 : 0;
+	snprintf(m->agent_version, sizeof m->agent_version, "%s", MANIFEST_AGENT_VERSION);
+	snprintf(m->audit, sizeof m->audit,
+		 "{\"source\":\"partition_offsets\",\"tables\":{\"audit.audit_events\":12}}");
 }
 
 static void test_ids(void)
@@ -99,7 +105,23 @@ static void test_codec(void)
 		return;
 	CHECK_EQ_INT(manifest_decode(js, strlen(js), &d, why, sizeof why), 0);
 	CHECK(memcmp(&m, &d, sizeof m) == 0);
-	CHECK(strstr(js, "\"encrypted\": false") != NULL);
+	CHECK(strstr(js, "\"encrypted\": true") != NULL);
+	CHECK(strstr(js, "\"key_id\": \"0123456789abcdef\"") != NULL);
+	CHECK(strstr(js, "\"audit.audit_events\": 12") != NULL);
+	free(js);
+
+	/* Encryption fields must agree, and the audit section must be an object. */
+	sample(&m, "20261123T142501Z-a1b2c3", 4242);
+	m.audit[0] = '[';
+	m.audit[1] = ']';
+	m.audit[2] = 0;
+	CHECK(manifest_encode(&m) == NULL);
+	sample(&m, "20261123T142501Z-a1b2c3", 4242);
+	m.encrypted = 0;
+	js = manifest_encode(&m);
+	CHECK(js != NULL);
+	CHECK_EQ_INT(manifest_decode(js, js ? strlen(js) : 0, &d, why, sizeof why), -1);
+	CHECK(strstr(why, "disagree") != NULL);
 	CHECK(strstr(js, "\"format\": \"pg_dump-custom\"") != NULL);
 	free(js);
 
@@ -122,6 +144,9 @@ static void test_codec(void)
 	CHECK_EQ_INT(manifest_decode(good, strlen(good), &d, why, sizeof why), 0);
 	CHECK_EQ_INT(d.size, 10);
 	CHECK_EQ_STR(d.database, "gateway");
+	/* Version 1 (no encryption fields) still reads: unencrypted, sizes unknown. */
+	CHECK_EQ_STR(d.encryption, "none");
+	CHECK_EQ_INT(d.plain_size, -1);
 
 	/* Each of these breaks one rule. */
 	struct {
@@ -129,7 +154,7 @@ static void test_codec(void)
 	} bad[] = {
 	    {"\"size\":10", "\"size\":-1", "\"size\""},
 	    {"\"size\":10", "\"size\":\"10\"", "\"size\""},
-	    {"\"manifest_version\":1", "\"manifest_version\":2", "not supported"},
+	    {"\"manifest_version\":1", "\"manifest_version\":3", "not supported"},
 	    {"\"encrypted\":false", "\"encrypted\":0", "\"encrypted\""},
 	    {"\"format\":\"pg_dump-custom\"", "\"format\":\"tar\"", "format"},
 	    {"9f86d081", "9F86D081", "sha256"},

@@ -64,8 +64,10 @@ static int pump_init(struct kafka_pump *p, struct event_base *base, rd_kafka_que
 	rd_kafka_queue_io_event_enable(q, p->fds[1], "1", 1);
 	p->ev = event_new(base, p->fds[0], EV_READ | EV_PERSIST, pump_cb, p);
 	p->timer = event_new(base, -1, EV_PERSIST, pump_cb, p);
+	p->again = evtimer_new(base, pump_cb, p);
 	struct timeval tv = {0, 100 * 1000};
-	if (!p->ev || !p->timer || event_add(p->ev, NULL) != 0 || event_add(p->timer, &tv) != 0) {
+	if (!p->ev || !p->timer || !p->again || event_add(p->ev, NULL) != 0 ||
+	    event_add(p->timer, &tv) != 0) {
 		log_error("cannot register kafka queue with the event loop");
 		return -1;
 	}
@@ -83,7 +85,9 @@ static void pump_close(struct kafka_pump *p)
 		event_free(p->ev);
 	if (p->timer)
 		event_free(p->timer);
-	p->ev = p->timer = NULL;
+	if (p->again)
+		event_free(p->again);
+	p->ev = p->timer = p->again = NULL;
 	if (p->fds[0] > 0) {
 		close(p->fds[0]);
 		close(p->fds[1]);
@@ -92,11 +96,14 @@ static void pump_close(struct kafka_pump *p)
 }
 
 /* Re-run the drain on the next loop iteration: the queue may still hold events and
- * the io-event only fires on the empty -> non-empty edge. */
+ * the io-event only fires on the empty -> non-empty edge. A zero timeout, not
+ * event_active: libevent runs events activated during a pass in that same pass, so
+ * a backlog would starve every socket (the admin /health among them). */
 static void pump_again(struct kafka_pump *p)
 {
-	if (p->ev)
-		event_active(p->ev, 0, 0);
+	static const struct timeval zero = {0, 0};
+	if (p->again && !evtimer_pending(p->again, NULL))
+		evtimer_add(p->again, &zero);
 }
 
 /* ---- configuration ---- */

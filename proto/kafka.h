@@ -15,6 +15,7 @@ struct kafka_pump {
 	int fds[2];
 	struct event *ev;    /* read side of fds */
 	struct event *timer; /* safety net: polls every 100 ms in case a wakeup is lost */
+	struct event *again; /* one-shot: the queue still had events after a batch */
 	void (*drain)(void *arg);
 	void *arg;
 };

@@ -50,8 +50,9 @@ PGconn *pg_connect(const char *url, const char *service)
 			  "connection string; `make run` writes it to .run/env");
 		return NULL;
 	}
-	const char *keys[] = {"dbname", "application_name", "connect_timeout", NULL};
-	const char *vals[] = {url, service, "3", NULL};
+	/* Defaults first: anything the URL says overrides them. */
+	const char *keys[] = {"application_name", "connect_timeout", "dbname", NULL};
+	const char *vals[] = {service, "3", url, NULL};
 	PGconn *c = PQconnectdbParams(keys, vals, 1);
 	if (!c || PQstatus(c) != CONNECTION_OK) {
 		log_error("cannot connect to PostgreSQL", LS("url", pg_url_redacted(url)),

@@ -1,0 +1,166 @@
+/* auditor: consumes gw.audit into the compliance log in PostgreSQL (`serve`), owns
+ * the audit schema (`migrate`) and answers compliance queries (`query`). */
+#include "config.h"
+#include "ingest.h"
+#include "log.h"
+#include "pg.h"
+#include "query.h"
+#include "runtime.h"
+#include "schema.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+	fputs(
+	    "usage: auditor serve | migrate | query [flags] | --help\n"
+	    "  serve    consume gw.audit into audit.audit_events (admin on GW_ADMIN_LISTEN,\n"
+	    "           default 127.0.0.1:9103: /health /ready /metrics)\n"
+	    "  migrate  create or upgrade the audit schema and grant the runtime roles\n"
+	    "  query    print stored events; `auditor query --help` for its flags\n"
+	    "environment:\n"
+	    "  GW_DATABASE_URL[_FILE]        libpq URL of the writer role (serve, query)\n"
+	    "  GW_DATABASE_ADMIN_URL[_FILE]  migrations (migrate; serve migrates first when set)\n"
+	    "  GW_AUDITOR_ROLE, GW_COMPLIANCE_ROLE  roles granted INSERT+SELECT / SELECT\n"
+	    "  GW_KAFKA_BROKERS, GW_KAFKA_PROPERTIES, GW_AUDITOR_GROUP (auditor),\n"
+	    "  GW_AUDITOR_FETCH_WAIT_MS (50), GW_AUDIT_BATCH (1000), GW_AUDIT_FLUSH_MS (20),\n"
+	    "  GW_AUDITOR_STATEMENT_TIMEOUT_MS (10000), GW_ADMIN_LISTEN, GW_LOG_LEVEL\n",
+	    f);
+}
+
+/* Migrations run with the admin role, never the writer's. */
+static int migrate_with(const char *url)
+{
+	PGconn *c = pg_connect(url, "auditor");
+	if (!c)
+		return -1;
+	int rc = schema_migrate(c);
+	PQfinish(c);
+	return rc;
+}
+
+static int admin_url(char **url)
+{
+	if (config_secret("GW_DATABASE_ADMIN_URL", url, NULL) != 0)
+		return -1;
+	return 0;
+}
+
+static int cmd_migrate(void)
+{
+	char *url = NULL;
+	if (runtime_setup_cli("auditor") != 0 || admin_url(&url) != 0)
+		return 1;
+	if (!url && config_secret("GW_DATABASE_URL", &url, NULL) != 0)
+		return 1;
+	if (!url) {
+		log_error("GW_DATABASE_ADMIN_URL (or GW_DATABASE_URL) is not set: give a libpq URL "
+			  "of a role that may create the audit schema");
+		return 1;
+	}
+	int rc = migrate_with(url);
+	explicit_bzero(url, strlen(url));
+	free(url);
+	return rc == 0 ? 0 : 1;
+}
+
+static int read_config(struct ingest_config *cfg)
+{
+	long long batch, flush, wait, stmt;
+	if (config_int("GW_AUDIT_BATCH", 1000, 1, 100000, &batch) != 0 ||
+	    config_int("GW_AUDIT_FLUSH_MS", 20, 0, 60000, &flush) != 0 ||
+	    config_int("GW_AUDITOR_FETCH_WAIT_MS", 50, 0, 10000, &wait) != 0 ||
+	    config_int("GW_AUDITOR_STATEMENT_TIMEOUT_MS", 10000, 100, 600000, &stmt) != 0)
+		return -1;
+	cfg->batch_max = (int)batch;
+	cfg->flush_ms = (int)flush;
+	cfg->fetch_wait_ms = (int)wait;
+	cfg->statement_ms = stmt;
+	cfg->group = config_str("GW_AUDITOR_GROUP", "auditor");
+	return 0;
+}
+
+static int cmd_serve(void)
+{
+	static struct runtime rt;
+	static struct ingest in;
+	struct ingest_config cfg;
+	char *url = NULL, *admin = NULL;
+	int rc = 1;
+
+	if (runtime_setup(&rt, "auditor", "127.0.0.1:9103") != 0 || read_config(&cfg) != 0 ||
+	    admin_url(&admin) != 0 || config_secret("GW_DATABASE_URL", &url, NULL) != 0)
+		goto out;
+	if (!url) {
+		log_error(
+		    "GW_DATABASE_URL (or GW_DATABASE_URL_FILE) is not set: give the libpq URL "
+		    "of the auditor's own role (gw_auditor)");
+		goto out;
+	}
+	if (admin) {
+		int m = migrate_with(admin);
+		explicit_bzero(admin, strlen(admin));
+		free(admin);
+		admin = NULL;
+		if (m != 0) {
+			log_error("cannot migrate the audit schema with GW_DATABASE_ADMIN_URL");
+			goto out;
+		}
+	}
+	if (ingest_init(&in, &rt, &cfg, url) != 0) {
+		url = NULL; /* owned by the store now */
+		goto out;
+	}
+	url = NULL;
+	rt.on_stop = ingest_stop;
+	rt.ready = ingest_ready;
+	rt.arg = &in;
+	if (runtime_run(&rt) == 0)
+		rc = 0;
+out:
+	ingest_free(&in);
+	runtime_free(&rt);
+	if (admin) {
+		explicit_bzero(admin, strlen(admin));
+		free(admin);
+	}
+	if (url) {
+		explicit_bzero(url, strlen(url));
+		free(url);
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if ((strcmp(cmd, "serve") == 0 || strcmp(cmd, "migrate") == 0) && argc == 3 &&
+	    strcmp(argv[2], "--help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(cmd, "serve") == 0 && argc == 2)
+		return cmd_serve();
+	if (strcmp(cmd, "migrate") == 0 && argc == 2)
+		return cmd_migrate();
+	if (strcmp(cmd, "query") == 0) {
+		for (int i = 2; i < argc; i++)
+			if (strcmp(argv[i], "--help") == 0)
+				return query_main(argc - 1, argv + 1);
+		if (runtime_setup_cli("auditor") != 0)
+			return 1;
+		return query_main(argc - 1, argv + 1);
+	}
+	usage(stderr);
+	return 2;
+}

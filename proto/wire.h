@@ -40,6 +40,8 @@
 #define GW_H_FRAMEWORK "gw-framework"
 #define GW_H_MODELS "gw-models"
 #define GW_H_CANCEL "gw-cancel"
+/* On a 429/503 reply: seconds the client should wait; ingress sends it as Retry-After. */
+#define GW_H_RETRY_AFTER "gw-retry-after"
 
 /* Which fields of gw_meta are present / to encode. */
 enum {

@@ -130,6 +130,85 @@ stack_common_env() {
 	echo "GW_ENV_FILE=/dev/null GW_KAFKA_BROKERS=$BROKERS GW_LOG_LEVEL=${GW_LOG_LEVEL:-info}"
 }
 
+# The five services. Each reads its ports from the *_ADMIN / HTTP_PORT variables.
+stack_spawn_service() { # name
+	local b=$STACK_BIN common
+	common=$(stack_common_env)
+	# shellcheck disable=SC2086
+	case $1 in
+	auditor)
+		stack_spawn auditor env $common GW_ADMIN_LISTEN="127.0.0.1:$AUDITOR_ADMIN" \
+			GW_DATABASE_URL="$(stack_url gw_auditor)" "$b/auditor/auditor" serve ;;
+	authz)
+		stack_spawn authz env $common GW_ADMIN_LISTEN="127.0.0.1:$AUTHZ_ADMIN" \
+			GW_DATABASE_URL="$(stack_url gw_authz)" GW_SEAL_KEY_FILE="$STACK_DIR/seal.key" \
+			"$b/authz/authz" serve ;;
+	dispatcher)
+		stack_spawn dispatcher env $common GW_ADMIN_LISTEN="127.0.0.1:$DISPATCHER_ADMIN" \
+			GW_ENDPOINTS_FILE="$STACK_DIR/endpoints.json" "$b/dispatcher/dispatcher" serve ;;
+	backup-agent)
+		stack_spawn backup-agent env $common GW_ADMIN_LISTEN="127.0.0.1:$BACKUP_ADMIN" \
+			GW_DATABASE_URL="$(stack_url gw_backup)" GW_BACKUP_DIR="$STACK_DIR/backups" \
+			GW_BACKUP_KEY_FILE="$STACK_DIR/backup.key" GW_BACKUP_ADMIN_URL="$PG_ADMIN_URL" \
+			GW_BACKUP_INTERVAL="${GW_BACKUP_INTERVAL:-3600}" "$b/backup-agent/backup-agent" serve ;;
+	ingress)
+		stack_spawn ingress env $common GW_ADMIN_LISTEN="127.0.0.1:$INGRESS_ADMIN" \
+			GW_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" GW_SEAL_KEY_FILE="$STACK_DIR/seal.key" \
+			GW_REQUEST_TIMEOUT="${GW_REQUEST_TIMEOUT:-120}" "$b/ingress/ingress" serve ;;
+	esac
+}
+
+stack_admin_port() { # name
+	case $1 in
+	auditor) echo "$AUDITOR_ADMIN" ;; authz) echo "$AUTHZ_ADMIN" ;;
+	dispatcher) echo "$DISPATCHER_ADMIN" ;; backup-agent) echo "$BACKUP_ADMIN" ;;
+	ingress) echo "$INGRESS_ADMIN" ;;
+	esac
+}
+
+# Forgets a process that has exited (so it can be started again).
+stack_forget() { # name
+	local i
+	for i in "${!STACK_NAMES[@]}"; do
+		if [ "${STACK_NAMES[$i]}" = "$1" ]; then
+			wait "${STACK_PIDS[$i]}" 2>/dev/null
+			unset 'STACK_NAMES[i]' 'STACK_PIDS[i]'
+		fi
+	done
+	STACK_NAMES=("${STACK_NAMES[@]}")
+	STACK_PIDS=("${STACK_PIDS[@]}")
+}
+
+# Waits for a service to be ready. A free port can be taken by another process
+# between the probe and the bind; then the service gets new ports and another try.
+stack_await_service() { # name
+	local name=$1 try
+	for try in 1 2 3; do
+		if stack_wait_http "http://127.0.0.1:$(stack_admin_port "$name")/ready" \
+			"$(stack_pid "$name")" 60 "$name" 2>"$STACK_DIR/await.err"; then
+			stack_log "ready: $name (admin http://127.0.0.1:$(stack_admin_port "$name"))"
+			return 0
+		fi
+		if kill -0 "$(stack_pid "$name")" 2>/dev/null ||
+			! grep -q 'cannot listen' "$STACK_DIR/logs/$name.log"; then
+			cat "$STACK_DIR/await.err" >&2
+			return 1
+		fi
+		stack_log "stack: $name lost its port to another process; new ports, try $((try + 1))"
+		stack_forget "$name"
+		case $name in
+		auditor) AUDITOR_ADMIN=$(stack_free_port) ;; authz) AUTHZ_ADMIN=$(stack_free_port) ;;
+		dispatcher) DISPATCHER_ADMIN=$(stack_free_port) ;;
+		backup-agent) BACKUP_ADMIN=$(stack_free_port) ;;
+		ingress)
+			INGRESS_ADMIN=$(stack_free_port)
+			[ -z "${GW_HTTP_PORT:-}" ] && HTTP_PORT=$(stack_free_port) ;;
+		esac
+		stack_spawn_service "$name"
+	done
+	return 1
+}
+
 stack_start() {
 	mkdir -p "$STACK_DIR/logs"
 	# Traversable but not listable, so the postgres user can reach its cluster under
@@ -149,12 +228,18 @@ stack_start() {
 	BROKERS=$(cat "$STACK_DIR/bootstrap")
 	stack_log "ready: broker ($BROKERS)"
 
-	MOCK_PORT=$(stack_port mock 1)
-	stack_spawn mock env GW_ENV_FILE=/dev/null GW_MOCK_LISTEN="127.0.0.1:$MOCK_PORT" \
-		GW_MOCK_MODELS="${GW_MOCK_MODELS:-mock-llm,mock-embed}" \
-		GW_MOCK_LATENCY_MS="${GW_MOCK_LATENCY_MS:-0}" GW_MOCK_TOKEN_MS="${GW_MOCK_TOKEN_MS:-0}" \
-		GW_MOCK_FAIL_RATE="${GW_MOCK_FAIL_RATE:-0}" "$b/deploy/local/gw-mock-endpoint"
-	stack_wait_http "http://127.0.0.1:$MOCK_PORT/health" "$(stack_pid mock)" 20 mock || return 1
+	local try
+	for try in 1 2 3; do
+		MOCK_PORT=$(stack_port mock 1)
+		stack_spawn mock env GW_ENV_FILE=/dev/null GW_MOCK_LISTEN="127.0.0.1:$MOCK_PORT" \
+			GW_MOCK_MODELS="${GW_MOCK_MODELS:-mock-llm,mock-embed}" \
+			GW_MOCK_LATENCY_MS="${GW_MOCK_LATENCY_MS:-0}" GW_MOCK_TOKEN_MS="${GW_MOCK_TOKEN_MS:-0}" \
+			GW_MOCK_FAIL_RATE="${GW_MOCK_FAIL_RATE:-0}" "$b/deploy/local/gw-mock-endpoint"
+		stack_wait_http "http://127.0.0.1:$MOCK_PORT/health" "$(stack_pid mock)" 20 mock && break
+		kill -0 "$(stack_pid mock)" 2>/dev/null && return 1
+		[ "$try" = 3 ] && return 1
+		stack_forget mock # lost its port to another process: try another
+	done
 	stack_log "ready: mock endpoint (http://127.0.0.1:$MOCK_PORT)"
 
 	[ -f "$STACK_DIR/seal.key" ] || (umask 077 && openssl rand -hex 32 >"$STACK_DIR/seal.key")
@@ -187,39 +272,15 @@ JSON
 	DISPATCHER_ADMIN=$(stack_port dispatcher-admin 22)
 	AUDITOR_ADMIN=$(stack_port auditor-admin 23)
 	BACKUP_ADMIN=$(stack_port backup-admin 24)
-	local common
-	common=$(stack_common_env)
-
-	# shellcheck disable=SC2086
-	stack_spawn auditor env $common GW_ADMIN_LISTEN="127.0.0.1:$AUDITOR_ADMIN" \
-		GW_DATABASE_URL="$(stack_url gw_auditor)" "$b/auditor/auditor" serve
-	# shellcheck disable=SC2086
-	stack_spawn authz env $common GW_ADMIN_LISTEN="127.0.0.1:$AUTHZ_ADMIN" \
-		GW_DATABASE_URL="$(stack_url gw_authz)" GW_SEAL_KEY_FILE="$STACK_DIR/seal.key" "$b/authz/authz" serve
-	# shellcheck disable=SC2086
-	stack_spawn dispatcher env $common GW_ADMIN_LISTEN="127.0.0.1:$DISPATCHER_ADMIN" \
-		GW_ENDPOINTS_FILE="$STACK_DIR/endpoints.json" "$b/dispatcher/dispatcher" serve
 	# The backup key: local only, next to (not inside) the backups it opens.
 	[ -s "$STACK_DIR/backup.key" ] || (umask 077 && openssl rand -hex 32 >"$STACK_DIR/backup.key")
-	# shellcheck disable=SC2086
-	stack_spawn backup-agent env $common GW_ADMIN_LISTEN="127.0.0.1:$BACKUP_ADMIN" \
-		GW_DATABASE_URL="$(stack_url gw_backup)" GW_BACKUP_DIR="$STACK_DIR/backups" \
-		GW_BACKUP_KEY_FILE="$STACK_DIR/backup.key" GW_BACKUP_ADMIN_URL="$PG_ADMIN_URL" \
-		GW_BACKUP_INTERVAL="${GW_BACKUP_INTERVAL:-3600}" "$b/backup-agent/backup-agent" serve
-	# shellcheck disable=SC2086
-	stack_spawn ingress env $common GW_ADMIN_LISTEN="127.0.0.1:$INGRESS_ADMIN" \
-		GW_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" GW_SEAL_KEY_FILE="$STACK_DIR/seal.key" \
-		GW_REQUEST_TIMEOUT="${GW_REQUEST_TIMEOUT:-120}" "$b/ingress/ingress" serve
 
-	local name port
+	local name
 	for name in auditor authz dispatcher backup-agent ingress; do
-		case $name in
-		auditor) port=$AUDITOR_ADMIN ;; authz) port=$AUTHZ_ADMIN ;;
-		dispatcher) port=$DISPATCHER_ADMIN ;; backup-agent) port=$BACKUP_ADMIN ;;
-		ingress) port=$INGRESS_ADMIN ;;
-		esac
-		stack_wait_http "http://127.0.0.1:$port/ready" "$(stack_pid "$name")" 60 "$name" || return 1
-		stack_log "ready: $name (admin http://127.0.0.1:$port)"
+		stack_spawn_service "$name"
+	done
+	for name in auditor authz dispatcher backup-agent ingress; do
+		stack_await_service "$name" || return 1
 	done
 	INGRESS_URL="http://127.0.0.1:$HTTP_PORT"
 

@@ -17,9 +17,19 @@
 static const char *const frameworks[] = {"vllm",   "llama.cpp", "tgi",   "ollama",
 					 "sglang", "openai",    "other", NULL};
 
-static const char *const known_fields[] = {"name",         "url",    "models",         "cluster",
-					   "framework",    "weight", "max_concurrent", "timeout_ms",
-					   "api_key_file", NULL};
+static const char *const known_fields[] = {"name",
+					   "url",
+					   "models",
+					   "cluster",
+					   "framework",
+					   "weight",
+					   "max_concurrent",
+					   "timeout_ms",
+					   "api_key_file",
+					   "connect_timeout_ms",
+					   "first_byte_timeout_ms",
+					   "chunk_timeout_ms",
+					   NULL};
 
 static int fail(char *err, size_t cap, const char *fmt, ...)
 {
@@ -51,21 +61,19 @@ static int printable(const char *s)
 	return 1;
 }
 
-/* http://host[:port][/path]; https and anything carrying credentials or a query are
- * refused with the reason. */
+/* http(s)://host[:port][/path]; anything carrying credentials or a query is refused
+ * with the reason. */
 static int parse_url(struct endpoint *ep, const char *url, const char *where, char *err, size_t cap)
 {
-	if (strncasecmp(url, "https://", 8) == 0)
-		return fail(err, cap,
-			    "%s.url: https is not supported yet (TLS with certificate "
-			    "verification comes in a later release); use an http:// URL on a "
-			    "trusted network",
-			    where);
-	if (strncmp(url, "http://", 7) != 0)
-		return fail(err, cap, "%s.url: must start with http:// (got \"%.64s\")", where,
-			    url);
+	size_t skip = 7;
+	ep->https = strncmp(url, "https://", 8) == 0;
+	if (ep->https)
+		skip = 8;
+	else if (strncmp(url, "http://", 7) != 0)
+		return fail(err, cap, "%s.url: must start with http:// or https:// (got \"%.64s\")",
+			    where, url);
 	size_t len = strlen(url);
-	while (len > 7 && url[len - 1] == '/')
+	while (len > skip && url[len - 1] == '/')
 		len--;
 	if (len >= sizeof ep->url)
 		return fail(err, cap, "%s.url: longer than %zu characters", where,
@@ -85,7 +93,7 @@ static int parse_url(struct endpoint *ep, const char *url, const char *where, ch
 				    "api_key_file",
 				    where);
 	}
-	const char *auth = ep->url + 7;
+	const char *auth = ep->url + skip;
 	const char *slash = strchr(auth, '/');
 	size_t alen = slash ? (size_t)(slash - auth) : strlen(auth);
 	if (alen == 0)
@@ -124,7 +132,7 @@ static int parse_url(struct endpoint *ep, const char *url, const char *where, ch
 		return fail(err, cap, "%s.url: host too long", where);
 	memcpy(ep->host, hs, hl);
 	ep->host[hl] = 0;
-	ep->port = 80;
+	ep->port = ep->https ? 443 : 80;
 	if (portstr) {
 		char *end;
 		errno = 0;
@@ -285,6 +293,7 @@ static int parse_endpoint(struct endpoint *ep, json_t *o, const char *where, cha
 			return fail(err, cap,
 				    "%s: unknown field \"%.64s\" (known: name, url, models, "
 				    "cluster, framework, weight, max_concurrent, timeout_ms, "
+				    "connect_timeout_ms, first_byte_timeout_ms, chunk_timeout_ms, "
 				    "api_key_file)",
 				    where, key);
 	}
@@ -315,7 +324,13 @@ static int parse_endpoint(struct endpoint *ep, json_t *o, const char *where, cha
 	}
 	if (get_int(o, "weight", 1, 1, 1000, &ep->weight, where, err, cap) ||
 	    get_int(o, "max_concurrent", 64, 1, 100000, &ep->max_concurrent, where, err, cap) ||
-	    get_int(o, "timeout_ms", 120000, 1, 3600000, &ep->timeout_ms, where, err, cap))
+	    get_int(o, "timeout_ms", 120000, 1, 3600000, &ep->timeout_ms, where, err, cap) ||
+	    get_int(o, "connect_timeout_ms", ep->timeout_ms < 5000 ? ep->timeout_ms : 5000, 1,
+		    3600000, &ep->connect_timeout_ms, where, err, cap) ||
+	    get_int(o, "first_byte_timeout_ms", ep->timeout_ms < 60000 ? ep->timeout_ms : 60000, 1,
+		    3600000, &ep->first_byte_timeout_ms, where, err, cap) ||
+	    get_int(o, "chunk_timeout_ms", ep->timeout_ms < 30000 ? ep->timeout_ms : 30000, 1,
+		    3600000, &ep->chunk_timeout_ms, where, err, cap))
 		return -1;
 	if (get_str(o, "api_key_file", 0, ep->api_key_file, sizeof ep->api_key_file, where, err,
 		    cap, &s))
@@ -438,19 +453,25 @@ int registry_endpoint_serves(const struct endpoint *ep, const char *model)
 	return 0;
 }
 
+void registry_endpoint_free(struct endpoint *ep)
+{
+	for (int j = 0; j < ep->nmodels; j++)
+		free(ep->models[j]);
+	free(ep->models);
+	ep->models = NULL;
+	ep->nmodels = 0;
+	if (ep->api_key) {
+		/* Do not leave the secret lying in freed heap memory. */
+		explicit_bzero(ep->api_key, strlen(ep->api_key));
+		free(ep->api_key);
+		ep->api_key = NULL;
+	}
+}
+
 void registry_free(struct registry *r)
 {
-	for (int i = 0; i < r->n; i++) {
-		struct endpoint *ep = &r->eps[i];
-		for (int j = 0; j < ep->nmodels; j++)
-			free(ep->models[j]);
-		free(ep->models);
-		if (ep->api_key) {
-			/* Do not leave the secret lying in freed heap memory. */
-			explicit_bzero(ep->api_key, strlen(ep->api_key));
-			free(ep->api_key);
-		}
-	}
+	for (int i = 0; i < r->n; i++)
+		registry_endpoint_free(&r->eps[i]);
 	free(r->eps);
 	r->eps = NULL;
 	r->n = 0;

@@ -27,7 +27,11 @@ struct endpoint {
 	char framework[32];
 	int weight;
 	int max_concurrent;
-	int timeout_ms;
+	int timeout_ms;            /* total, from sending to the last byte */
+	int connect_timeout_ms;    /* TCP (and TLS) connect */
+	int first_byte_timeout_ms; /* from sending to the answer's status line */
+	int chunk_timeout_ms;      /* silence between two arrivals of the answer */
+	int https;
 	char api_key_file[512];
 	char *api_key; /* the secret itself, NULL when none; never logged or printed */
 };
@@ -44,6 +48,9 @@ int registry_load(struct registry *r, const char *path, char *err, size_t errcap
 
 /* Validates a JSON document already in memory (the file's contents). */
 int registry_parse(struct registry *r, const char *json, size_t len, char *err, size_t errcap);
+
+/* Releases one endpoint's allocations (models, api_key). */
+void registry_endpoint_free(struct endpoint *ep);
 
 /* True when ep lists model. */
 int registry_endpoint_serves(const struct endpoint *ep, const char *model);

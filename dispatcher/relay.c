@@ -88,7 +88,11 @@ static rd_kafka_resp_err_t produce_reply(struct relay *r, const void *data, size
 	if (r->seq == 0)
 		fields |= GW_F_STATUS | GW_F_CTYPE;
 	rd_kafka_headers_t *h = rd_kafka_headers_new(8);
-	if (!h || wire_encode(&m, fields, h) != 0) {
+	char ra[16];
+	snprintf(ra, sizeof ra, "%d", r->retry_after_s);
+	if (!h || wire_encode(&m, fields, h) != 0 ||
+	    (r->seq == 0 && r->retry_after_s > 0 &&
+	     rd_kafka_header_add(h, GW_H_RETRY_AFTER, -1, ra, -1) != RD_KAFKA_RESP_ERR_NO_ERROR)) {
 		log_error("cannot encode reply headers", LS("request_id", r->id),
 			  LI("status", r->status), LI("seq", r->seq));
 		if (h)
@@ -160,8 +164,14 @@ int relay_body(struct relay *r, struct evbuffer *buf)
 			r->w->failed = 1;
 			return 0;
 		}
-		if (r->sse_on)
+		if (r->sse_on) {
+			unsigned long broken = r->sse.broken;
 			sse_usage_feed(&r->sse, data, n);
+			if (r->sse.broken != broken) {
+				evbuffer_drain(buf, evbuffer_get_length(buf));
+				return -2;
+			}
+		}
 		if (!r->failed)
 			produce_reply(r, data, n, 0);
 		evbuffer_drain(buf, n);
@@ -174,7 +184,48 @@ static int is_json(const char *ctype)
 	return strncasecmp(ctype, "application/json", 16) == 0;
 }
 
-void relay_finish(struct relay *r)
+void relay_reset(struct relay *r)
+{
+	evbuffer_drain(r->body, evbuffer_get_length(r->body));
+	if (r->sse_on)
+		sse_usage_free(&r->sse);
+	r->sse_on = 0;
+	r->streaming = 0;
+	r->status = 0;
+	r->ctype[0] = 0;
+	r->have_usage = 0;
+}
+
+/* An endpoint 4xx whose body is not {"error":{...}}: the client still gets OpenAI's
+ * shape, with the endpoint's text as the message. NULL when no wrapping is needed. */
+static char *wrap_4xx(struct relay *r, const char *data, size_t len)
+{
+	json_t *root = json_loadb(data, len, 0, NULL);
+	if (root && json_is_object(json_object_get(root, "error"))) {
+		json_decref(root);
+		return NULL;
+	}
+	char msg[512];
+	json_t *detail = root ? json_object_get(root, "detail") : NULL;
+	if (!detail && root)
+		detail = json_object_get(root, "message");
+	if (!detail && root)
+		detail = json_object_get(root, "error");
+	if (json_is_string(detail)) {
+		snprintf(msg, sizeof msg, "endpoint: %s", json_string_value(detail));
+	} else {
+		size_t n = len < 400 ? len : 400;
+		size_t k = 0;
+		k += (size_t)snprintf(msg, sizeof msg, "endpoint answered %d: ", r->status);
+		for (size_t i = 0; i < n && k + 1 < sizeof msg; i++)
+			msg[k++] = (data[i] >= 0x20 && data[i] < 0x7f) ? data[i] : ' ';
+		msg[k] = 0;
+	}
+	json_decref(root);
+	return openai_error_json(msg, openai_error_type(r->status), NULL, r->id);
+}
+
+int relay_finish(struct relay *r)
 {
 	if (r->streaming) {
 		if (r->sse_on) {
@@ -185,7 +236,7 @@ void relay_finish(struct relay *r)
 			}
 		}
 		produce_reply(r, "", 0, 1);
-		return;
+		return 0;
 	}
 	size_t len = evbuffer_get_length(r->body);
 	const char *data = len ? (const char *)evbuffer_pullup(r->body, -1) : "";
@@ -193,12 +244,26 @@ void relay_finish(struct relay *r)
 		log_error("out of memory sending a reply", LS("request_id", r->id));
 		relay_error(r, 502, "the gateway ran out of memory relaying the answer",
 			    "upstream_error");
-		return;
+		return 0;
 	}
-	if (r->status >= 200 && r->status < 300 && is_json(r->ctype) &&
-	    usage_from_json(data, len, &r->usage) == 0)
-		r->have_usage = 1;
+	if (r->status >= 200 && r->status < 300 && is_json(r->ctype)) {
+		json_error_t je;
+		json_t *root = json_loadb(data, len, 0, &je);
+		if (!root)
+			return -1;
+		if (json_is_object(root) &&
+		    usage_from_object(json_object_get(root, "usage"), &r->usage) == 0)
+			r->have_usage = 1;
+		json_decref(root);
+	}
+	char *wrapped = NULL;
+	if (r->status >= 400 && r->status < 500 && (wrapped = wrap_4xx(r, data, len))) {
+		set_ctype(r, "application/json");
+		data = wrapped;
+		len = strlen(wrapped);
+	}
 	rd_kafka_resp_err_t err = produce_reply(r, data, len, 1);
+	free(wrapped);
 	if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
 		/* The client still gets an answer, just not this one. */
 		log_warn("answer too large for gw.replies", LS("request_id", r->id),
@@ -209,6 +274,7 @@ void relay_finish(struct relay *r)
 			    "(raise message.max.bytes via GW_KAFKA_PROPERTIES)",
 			    "upstream_response_too_large");
 	}
+	return 0;
 }
 
 void relay_error(struct relay *r, int status, const char *message, const char *code)
@@ -216,6 +282,19 @@ void relay_error(struct relay *r, int status, const char *message, const char *c
 	if (r->final_sent)
 		return;
 	char *body = openai_error_json(message, openai_error_type(status), code, r->id);
+	if (body && r->retry_after_s > 0) {
+		/* Clients and ingress read the hint from the body as well as the header. */
+		json_t *o = json_loads(body, 0, NULL);
+		char *with = NULL;
+		if (o &&
+		    json_object_set_new(o, "retry_after_s", json_integer(r->retry_after_s)) == 0)
+			with = json_dumps(o, JSON_COMPACT);
+		json_decref(o);
+		if (with) {
+			free(body);
+			body = with;
+		}
+	}
 	if (!body) {
 		log_error("out of memory building an error reply", LS("request_id", r->id));
 		r->failed = 1;
@@ -243,34 +322,41 @@ void relay_error(struct relay *r, int status, const char *message, const char *c
 	free(body);
 }
 
-void relay_usage(struct relay *r, const char *hint, const char *principal, const char *model,
-		 const char *endpoint)
+int relay_usage_emit(struct kafka_producer *p, struct kafka_work *w, const struct usage_report *u)
 {
-	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "request_id", r->id,
-			      "principal", principal, "model", model, "endpoint", endpoint,
-			      "prompt_tokens", (json_int_t)r->usage.prompt_tokens,
-			      "completion_tokens", (json_int_t)r->usage.completion_tokens,
-			      "total_tokens", (json_int_t)r->usage.total_tokens);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s?, s:s, s:i, s:I, s:I, s:I}", "request_id", u->id,
+			      "principal", u->principal, "model", u->model, "endpoint", u->endpoint,
+			      "outcome", u->outcome, "status", u->status, "prompt_tokens",
+			      (json_int_t)u->tokens.prompt_tokens, "completion_tokens",
+			      (json_int_t)u->tokens.completion_tokens, "total_tokens",
+			      (json_int_t)u->tokens.total_tokens);
+	if (o && u->ttft_us >= 0)
+		json_object_set_new(o, "ttft_us", json_integer(u->ttft_us));
+	if (o && u->latency_us >= 0)
+		json_object_set_new(o, "latency_us", json_integer(u->latency_us));
 	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
 	json_decref(o);
 	rd_kafka_headers_t *h = rd_kafka_headers_new(2);
 	struct gw_meta m;
 	memset(&m, 0, offsetof(struct gw_meta, cred));
-	memcpy(m.id, r->id, sizeof m.id);
+	memcpy(m.id, u->id, sizeof m.id);
 	if (!s || !h || wire_encode(&m, GW_F_ID, h) != 0) {
-		log_error("cannot build usage message", LS("request_id", r->id));
+		log_error("cannot build usage message", LS("request_id", u->id));
 		free(s);
 		if (h)
 			rd_kafka_headers_destroy(h);
-		r->w->failed = 1;
-		return;
+		w->failed = 1;
+		return -1;
 	}
-	if (kafka_produce(r->p, GW_TOPIC_USAGE, RD_KAFKA_PARTITION_UA, hint, strlen(hint), s,
-			  strlen(s), h, r->w, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-		log_error("usage not sent", LS("request_id", r->id));
-		r->w->failed = 1;
+	int rc = 0;
+	if (kafka_produce(p, GW_TOPIC_USAGE, RD_KAFKA_PARTITION_UA, u->hint, strlen(u->hint), s,
+			  strlen(s), h, w, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		log_error("usage not sent", LS("request_id", u->id), LS("topic", GW_TOPIC_USAGE));
+		w->failed = 1;
+		rc = -1;
 	}
 	free(s);
+	return rc;
 }
 
 void relay_fill_audit(struct relay *r, struct audit_event *ev)

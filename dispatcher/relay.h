@@ -27,9 +27,10 @@ struct relay {
 	int32_t partition;
 	size_t max_body;
 	size_t sse_line_max;
-	int want_stream; /* the client asked for a stream (gw-stream 1) */
-	int streaming;   /* the endpoint streams: chunks are relayed as they arrive */
-	int status;      /* HTTP status given to the client (0 until known) */
+	int want_stream;   /* the client asked for a stream (gw-stream 1) */
+	int streaming;     /* the endpoint streams: chunks are relayed as they arrive */
+	int status;        /* HTTP status given to the client (0 until known) */
+	int retry_after_s; /* > 0: gw-retry-after on the first reply, retry_after_s in errors */
 	char ctype[128];
 	int32_t seq; /* next gw-seq */
 	int final_sent;
@@ -51,11 +52,17 @@ int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, 
 void relay_head(struct relay *r, int status, const char *ctype);
 
 /* Consumes buf. Returns -1 when a non-streamed answer outgrows max_body (nothing has been
- * relayed; the caller answers with an error). */
+ * relayed; the caller answers with an error), -2 when a stream carries a data line that
+ * is not JSON (broken SSE; the bad bytes are not relayed). */
 int relay_body(struct relay *r, struct evbuffer *buf);
 
-/* The endpoint's answer is complete: sends it whole, or ends the stream. */
-void relay_finish(struct relay *r);
+/* The endpoint's answer is complete: sends it whole (a 4xx not in OpenAI's error shape
+ * is wrapped into it), or ends the stream. Returns -1 without sending anything when a
+ * 2xx JSON answer is not valid JSON: the caller answers 502. */
+int relay_finish(struct relay *r);
+
+/* Forgets a collected answer before anything was relayed, for a retry. */
+void relay_reset(struct relay *r);
 
 /* Answers with a gateway error (openai_error_json with the request id); once a stream
  * has started, as an SSE error event ending the stream instead. */
@@ -64,9 +71,17 @@ void relay_error(struct relay *r, int status, const char *message, const char *c
 /* True once any gw.replies message has been produced. */
 int relay_started(const struct relay *r);
 
-/* Produces the gw.usage message (key = hint). */
-void relay_usage(struct relay *r, const char *hint, const char *principal, const char *model,
-		 const char *endpoint);
+/* What one finished request sends to authz on gw.usage (key = hint). */
+struct usage_report {
+	const char *id, *hint, *principal, *model, *endpoint; /* endpoint may be NULL */
+	const char *outcome;                                  /* ok, error, expired, cancelled */
+	int status;                                           /* given to the client; 0 when none */
+	struct usage tokens;                                  /* zeros when unknown */
+	long long ttft_us, latency_us;                        /* -1 when unknown */
+};
+
+/* Produces the gw.usage message, held on w. -1 (logged, w marked failed) on failure. */
+int relay_usage_emit(struct kafka_producer *p, struct kafka_work *w, const struct usage_report *u);
 
 /* Fills the response digest, size and tokens into ev (the strings point into r). */
 void relay_fill_audit(struct relay *r, struct audit_event *ev);

@@ -41,12 +41,15 @@ static void take_line(struct sse_usage *s)
 		p++;
 		n--;
 	}
-	/* Most chunks carry no usage: skip the JSON parse for them. */
-	if (n == 0 || *p != '{' || !memmem(p, n, "\"usage\"", 7))
+	if (n == 6 && memcmp(p, "[DONE]", 6) == 0)
 		return;
-	json_t *root = json_loadb(p, n, 0, NULL);
-	if (!root || !json_is_object(root)) {
-		s->malformed++;
+	/* Every payload is parsed: an endpoint sending garbage must be caught. */
+	json_t *root = json_loadb(p, n, JSON_DECODE_ANY, NULL);
+	if (!root) {
+		s->broken++;
+		return;
+	}
+	if (!json_is_object(root) || !memmem(p, n, "\"usage\"", 7)) {
 		json_decref(root);
 		return;
 	}

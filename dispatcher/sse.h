@@ -17,6 +17,7 @@ struct sse_usage {
 	int have;     /* usage holds the last usage block seen */
 	struct usage usage;
 	unsigned long lines, overlong, malformed;
+	unsigned long broken; /* data lines that are neither JSON nor [DONE] */
 };
 
 int sse_usage_init(struct sse_usage *s, size_t line_max);

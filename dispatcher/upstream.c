@@ -6,19 +6,59 @@
 #include "log.h"
 #include "wire.h"
 
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 #define UPSTREAM_MAX_HEADERS (64 * 1024)
 
+void *upstream_ssl_ctx_new(const char *ca_file)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	if (!ctx) {
+		log_error("cannot create the TLS context for https endpoints");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+			 : SSL_CTX_set_default_verify_paths(ctx);
+	if (ok != 1) {
+		char e[256];
+		ERR_error_string_n(ERR_get_error(), e, sizeof e);
+		log_error("cannot load CA certificates for https endpoints: check "
+			  "GW_DISPATCHER_CA_FILE",
+			  LS("ca_file", ca_file ? ca_file : "(system store)"), LS("error", e));
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+void upstream_ssl_ctx_free(void *ctx)
+{
+	SSL_CTX_free(ctx);
+}
+
 int upstream_pool_init(struct upstream_pool *p, struct event_base *base, struct evdns_base *dns,
-		       const struct endpoint *ep)
+		       void *ssl_ctx, const struct endpoint *ep)
 {
 	memset(p, 0, sizeof *p);
 	p->base = base;
 	p->dns = dns;
+	p->ssl_ctx = ssl_ctx;
+	if (ep->https && !ssl_ctx) {
+		log_error("https endpoint without a TLS context", LS("endpoint", ep->name));
+		return -1;
+	}
 	p->ep = ep;
 	p->idle = calloc((size_t)ep->max_concurrent, sizeof *p->idle);
 	if (!p->idle) {
@@ -49,12 +89,60 @@ void upstream_pool_free(struct upstream_pool *p)
 	memset(p, 0, sizeof *p);
 }
 
+/* A TLS bufferevent that verifies the certificate chain and the host name. */
+static struct bufferevent *tls_bev(struct upstream_pool *p)
+{
+	SSL *ssl = SSL_new(p->ssl_ctx);
+	if (!ssl)
+		return NULL;
+	X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	int is_ip =
+	    strchr(p->ep->host, ':') || strspn(p->ep->host, "0123456789.") == strlen(p->ep->host);
+	if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, p->ep->host)
+		   : X509_VERIFY_PARAM_set1_host(vp, p->ep->host, 0)) != 1 ||
+	    (!is_ip && SSL_set_tlsext_host_name(ssl, p->ep->host) != 1)) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	struct bufferevent *bev = bufferevent_openssl_socket_new(
+	    p->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	/* Some servers close without close_notify; the HTTP framing tells a short body. */
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+struct evhttp_connection *upstream_connection_new(struct upstream_pool *p)
+{
+	struct evhttp_connection *c;
+	if (p->ep->https) {
+		struct bufferevent *bev = tls_bev(p);
+		c = bev ? evhttp_connection_base_bufferevent_new(p->base, p->dns, bev, p->ep->host,
+								 p->ep->port)
+			: NULL;
+		if (bev && !c)
+			bufferevent_free(bev);
+	} else {
+		c = evhttp_connection_base_new(p->base, p->dns, p->ep->host, p->ep->port);
+	}
+	if (!c) {
+		log_error("cannot create endpoint connection", LS("endpoint", p->ep->name));
+		return NULL;
+	}
+	evhttp_connection_set_max_headers_size(c, UPSTREAM_MAX_HEADERS);
+	evhttp_connection_set_retries(c, 0);
+	return c;
+}
+
 static struct evhttp_connection *pool_take(struct upstream_pool *p)
 {
 	if (p->nidle > 0)
 		return p->idle[--p->nidle];
-	struct evhttp_connection *c =
-	    evhttp_connection_base_new(p->base, p->dns, p->ep->host, p->ep->port);
+	struct evhttp_connection *c = upstream_connection_new(p);
 	if (!c) {
 		log_error("cannot create endpoint connection", LS("endpoint", p->ep->name));
 		return NULL;
@@ -65,10 +153,12 @@ static struct evhttp_connection *pool_take(struct upstream_pool *p)
 	return c;
 }
 
-/* The caller guarantees inflight <= max_concurrent, so the stack never overflows. */
-static void pool_give(struct upstream_pool *p, struct evhttp_connection *c)
+/* The caller guarantees inflight <= max_concurrent, so the stack never overflows. A
+ * connection that failed, was cancelled or speaks TLS is closed rather than kept: evhttp
+ * cannot reconnect a TLS bufferevent once its session ended. */
+static void pool_give(struct upstream_pool *p, struct evhttp_connection *c, int failed)
 {
-	if (p->nidle < p->ep->max_concurrent)
+	if (!failed && !p->ep->https && p->nidle < p->ep->max_concurrent)
 		p->idle[p->nidle++] = c;
 	else
 		evhttp_connection_free(c);
@@ -78,7 +168,7 @@ static void call_end(struct upstream_call *c)
 {
 	c->req = NULL;
 	if (c->conn) {
-		pool_give(c->pool, c->conn);
+		pool_give(c->pool, c->conn, c->failed);
 		c->conn = NULL;
 		c->pool->inflight--;
 	}
@@ -91,9 +181,19 @@ static int header_cb(struct evhttp_request *req, void *arg)
 	if (status < 200)
 		return 0; /* an interim 1xx; the real head follows */
 	c->got_head = 1;
-	const char *ctype =
-	    evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
-	c->ops->on_head(c, status, ctype);
+	c->first_us = c->last_us = wire_now_us();
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *ctype = evhttp_find_header(in, "Content-Type");
+	const char *ra = evhttp_find_header(in, "Retry-After");
+	int retry_after = -1;
+	if (ra) {
+		char *end;
+		long v = strtol(ra, &end, 10);
+		/* Only the delta-seconds form; an HTTP date is rare from inference servers. */
+		if (end != ra && *end == 0 && v >= 0)
+			retry_after = v > 3600 ? 3600 : (int)v;
+	}
+	c->ops->on_head(c, status, ctype, retry_after);
 	return 0;
 }
 
@@ -101,6 +201,7 @@ static void chunk_cb(struct evhttp_request *req, void *arg)
 {
 	struct upstream_call *c = arg;
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	c->last_us = wire_now_us();
 	if (c->req && evbuffer_get_length(in) > 0)
 		c->ops->on_body(c, in);
 }
@@ -145,6 +246,14 @@ static void done_cb(struct evhttp_request *req, void *arg)
 			return; /* cancelled by on_body */
 	}
 	enum upstream_result r = classify(c, req);
+	c->failed = r != UPSTREAM_OK;
+	if (r == UPSTREAM_OK) {
+		/* Keep-alive only when the endpoint did not ask to close. */
+		const char *conn =
+		    evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+		if (conn && strcasecmp(conn, "close") == 0)
+			c->failed = 1;
+	}
 	call_end(c);
 	if (c->starting) {
 		c->sync_done = 1;
@@ -161,7 +270,8 @@ int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struc
 	c->pool = p;
 	c->ops = ops;
 	c->http_error = -1;
-	c->expires_us = wire_now_us() + (int64_t)timeout_ms * 1000;
+	c->start_us = wire_now_us();
+	c->expires_us = c->start_us + (int64_t)timeout_ms * 1000;
 
 	char uri[512];
 	int n = snprintf(uri, sizeof uri, "%s%s", p->ep->base_path, route);
@@ -223,6 +333,36 @@ void upstream_cancel(struct upstream_call *c)
 		return;
 	/* Cleared first: the cancel reports back through error_cb, which must not act. */
 	c->req = NULL;
+	c->failed = 1;
 	evhttp_cancel_request(req);
 	call_end(c);
+}
+
+/* evhttp does not report when its connection is up; the socket knows. */
+static int conn_up(const struct upstream_call *c)
+{
+	struct bufferevent *bev = c->conn ? evhttp_connection_get_bufferevent(c->conn) : NULL;
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	return fd >= 0 && getpeername(fd, (struct sockaddr *)&ss, &len) == 0;
+}
+
+const char *upstream_expired(const struct upstream_call *c, int64_t now_us)
+{
+	const struct endpoint *ep = c->pool->ep;
+	if (!c->req)
+		return NULL;
+	if (now_us - c->start_us >= (int64_t)ep->timeout_ms * 1000)
+		return "total";
+	if (!c->got_head) {
+		if (now_us - c->start_us >= (int64_t)ep->connect_timeout_ms * 1000 && !conn_up(c))
+			return "connect";
+		if (now_us - c->start_us >= (int64_t)ep->first_byte_timeout_ms * 1000)
+			return "first_byte";
+		return NULL;
+	}
+	if (now_us - c->last_us >= (int64_t)ep->chunk_timeout_ms * 1000)
+		return "between_chunks";
+	return NULL;
 }

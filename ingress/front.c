@@ -1,7 +1,8 @@
-/* The HTTP front end: routes, request checks, sealing the credential, publishing to
- * gw.requests, and the janitor that times requests out. */
+/* The HTTP front end: routes, request checks, CORS, sealing the credential, publishing
+ * to gw.requests, cancels when clients leave, and the janitor that times requests out. */
 #include "ingress.h"
 #include "audit.h"
+#include "check.h"
 #include "config.h"
 #include "log.h"
 #include "openai.h"
@@ -17,17 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-struct route {
-	const char *path;     /* what the client calls */
-	const char *upstream; /* gw-route: the path on the compute endpoint */
-};
-
-static const struct route routes[] = {
-	{"/v1/chat/completions", "/v1/chat/completions"},
-	{"/v1/completions", "/v1/completions"},
-	{"/v1/embeddings", "/v1/embeddings"},
-};
 
 static void hex_encode(const unsigned char *in, size_t n, char *out)
 {
@@ -48,12 +38,48 @@ void front_count(struct ingress *ig, const char *route, int status)
 		   1);
 }
 
-static void common_headers(struct evhttp_request *req, const char *id)
+static int origin_allowed(struct ingress *ig, const char *origin)
+{
+	if (!origin || !*origin || !ig->cfg.cors_origins[0])
+		return 0;
+	size_t n = strlen(origin);
+	const char *s = ig->cfg.cors_origins;
+	while (*s) {
+		size_t len = strcspn(s, ",");
+		const char *e = s;
+		size_t el = len;
+		while (el && *e == ' ') {
+			e++;
+			el--;
+		}
+		while (el && e[el - 1] == ' ')
+			el--;
+		if (el == n && memcmp(e, origin, n) == 0)
+			return 1;
+		s += len;
+		if (*s == ',')
+			s++;
+	}
+	return 0;
+}
+
+void front_headers(struct ingress *ig, struct evhttp_request *req, const char *id)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	evhttp_add_header(h, "X-Request-Id", id);
 	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
 	evhttp_add_header(h, "Cache-Control", "no-store");
+	if (ig->tls) {
+		char v[64];
+		snprintf(v, sizeof v, "max-age=%lld", ig->cfg.hsts_max_age);
+		evhttp_add_header(h, "Strict-Transport-Security", v);
+	}
+	const char *origin = evhttp_find_header(evhttp_request_get_input_headers(req), "Origin");
+	if (origin_allowed(ig, origin)) {
+		evhttp_add_header(h, "Access-Control-Allow-Origin", origin);
+		evhttp_add_header(h, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+		evhttp_add_header(h, "Vary", "Origin");
+	}
 }
 
 /* Answers an error no pending request exists for (rejected before it was accepted). */
@@ -63,8 +89,9 @@ static void reject(struct ingress *ig, struct evhttp_request *req, const char *i
 {
 	char *body = openai_error_json(message, openai_error_type(status), code, id);
 	struct evbuffer *b = evbuffer_new();
-	common_headers(req, id);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+	front_headers(ig, req, id);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "application/json");
 	if (retry_after_s > 0) {
 		char ra[16];
 		snprintf(ra, sizeof ra, "%d", retry_after_s);
@@ -98,16 +125,54 @@ static void reject(struct ingress *ig, struct evhttp_request *req, const char *i
 	audit_emit(&ig->producer, &ev, NULL, NULL);
 }
 
-static void on_client_close(struct evhttp_connection *conn, void *arg)
+static void send_cancel(struct ingress *ig, struct pending *p)
 {
-	struct pending *p = arg;
-	struct ingress *ig = p->ig;
+	struct gw_meta *m = calloc(1, sizeof *m);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(4);
+	if (!m || !h) {
+		free(m);
+		if (h)
+			rd_kafka_headers_destroy(h);
+		log_error("out of memory: cancel not sent", LS("request_id", p->id));
+		return;
+	}
+	memcpy(m->id, p->id, sizeof m->id);
+	m->deadline_ms = p->deadline_ms;
+	m->cancel = 1;
+	int rc = wire_encode(m, GW_F_ID | GW_F_DEADLINE | GW_F_CANCEL, h);
+	free(m);
+	if (rc != 0) {
+		rd_kafka_headers_destroy(h);
+		log_error("cannot encode a cancel", LS("request_id", p->id));
+		return;
+	}
+	/* Keyed by the request id: the same partition as the request on gw.authorized. */
+	if (kafka_produce(&ig->producer, GW_TOPIC_AUTHORIZED, RD_KAFKA_PARTITION_UA, p->id,
+			  GW_ID_HEX, NULL, 0, h, NULL, NULL) == 0)
+		metric_add(ig->m_cancels, 1);
+}
+
+void front_client_gone(struct ingress *ig, struct pending *p, const char *why)
+{
 	if (p->answered)
 		return;
 	log_info("client went away before its answer", LS("request_id", p->id),
-		 LS("route", p->route), LI("streaming", p->started));
+		 LS("route", p->route), LI("streaming", p->started), LS("why", why));
 	p->req = NULL; /* evhttp frees it with the connection */
+	if (p->published)
+		send_cancel(ig, p);
 	front_completed(ig, p, 499, "client_closed");
+}
+
+/* evhttp is freeing the connection (write error, timeout) with p unanswered. */
+static void on_client_close(struct evhttp_connection *conn, void *arg)
+{
+	struct pending *p = arg;
+	struct evhttp_request *req = p->req;
+	front_client_gone(p->ig, p, "connection closed");
+	/* A request evhttp detached from its failed connection is ours to free. */
+	if (req && !evhttp_request_get_connection(req))
+		evhttp_request_free(req);
 }
 
 void front_completed(struct ingress *ig, struct pending *p, int status, const char *outcome)
@@ -133,6 +198,7 @@ void front_completed(struct ingress *ig, struct pending *p, int status, const ch
 		metric_add(ig->m_streams, -1);
 	if (p->conn)
 		evhttp_connection_set_closecb(p->conn, NULL, NULL);
+	conn_detach(p);
 	pending_finish(&ig->pending, p);
 }
 
@@ -158,7 +224,7 @@ void front_fail(struct ingress *ig, struct pending *p, int status, const char *m
 		char *body = openai_error_json(message, openai_error_type(status), code, p->id);
 		struct evbuffer *b = evbuffer_new();
 		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-		common_headers(req, p->id);
+		front_headers(ig, req, p->id);
 		evhttp_add_header(h, "Content-Type", "application/json");
 		if (retry_after_s > 0) {
 			char ra[16];
@@ -183,7 +249,8 @@ static void on_audit_done(struct kafka_done *d, rd_kafka_resp_err_t err)
 	if (err) {
 		p->audit_failed = 1;
 		if (!p->answered)
-			front_fail(ig, p, 503, "the audit log is unavailable; the request was not served",
+			front_fail(ig, p, 503,
+				   "the audit log is unavailable; the request was not served",
 				   "audit_unavailable", 5);
 	} else {
 		p->audit_acked = 1;
@@ -196,12 +263,47 @@ static void on_audit_done(struct kafka_done *d, rd_kafka_resp_err_t err)
 /* The principal hint (gw.requests key): an API key's public id for keys of the form
  * gw_<16 hex id>_<secret> (authz/apikey.h), otherwise a digest of the credential so
  * the same credential always lands on the same authz copy. */
+/* The "sub" claim of a compact JWT (header.payload.signature), not verified: it
+ * only chooses a partition. Returns -1 when cred is not a JWT with a string sub. */
+static int jwt_subject(const char *cred, size_t len, char *out, size_t cap)
+{
+	const char *dot1 = memchr(cred, '.', len);
+	if (!dot1)
+		return -1;
+	const char *p = dot1 + 1;
+	const char *dot2 = memchr(p, '.', len - (size_t)(p - cred));
+	if (!dot2 || dot2 == p || (size_t)(dot2 - p) > 8192)
+		return -1;
+	size_t n = (size_t)(dot2 - p);
+	char b64[8192 + 4];
+	for (size_t i = 0; i < n; i++) /* base64url -> base64 */
+		b64[i] = p[i] == '-' ? '+' : p[i] == '_' ? '/' : p[i];
+	while (n % 4)
+		b64[n++] = '=';
+	unsigned char json[6200];
+	int jl = EVP_DecodeBlock(json, (const unsigned char *)b64, (int)n);
+	if (jl <= 0)
+		return -1;
+	while (jl > 0 && json[jl - 1] == 0) /* padding decodes to trailing zeros */
+		jl--;
+	json_t *claims = json_loadb((const char *)json, (size_t)jl, 0, NULL);
+	const char *s = json_string_value(json_object_get(claims, "sub"));
+	int rc = -1;
+	if (s && *s && strlen(s) < cap) {
+		snprintf(out, cap, "%s", s);
+		rc = 0;
+	}
+	json_decref(claims);
+	return rc;
+}
+
 static void principal_hint(const char *cred, size_t len, char out[65])
 {
 	if (len > 20 && memcmp(cred, "gw_", 3) == 0 && cred[19] == '_') {
 		int ok = 1;
 		for (int i = 3; i < 19; i++)
-			if (!((cred[i] >= '0' && cred[i] <= '9') || (cred[i] >= 'a' && cred[i] <= 'f')))
+			if (!((cred[i] >= '0' && cred[i] <= '9') ||
+			      (cred[i] >= 'a' && cred[i] <= 'f')))
 				ok = 0;
 		if (ok) {
 			memcpy(out, cred + 3, 16);
@@ -209,31 +311,44 @@ static void principal_hint(const char *cred, size_t len, char out[65])
 			return;
 		}
 	}
+	/* A JWT: its (unverified) subject, so every token of one principal meets in
+	 * the same authz copy; authz verifies the token. */
+	char sub[256];
+	const char *subject = jwt_subject(cred, len, sub, sizeof sub) == 0 ? sub : NULL;
 	unsigned char md[32];
 	unsigned int mdlen = 0;
-	EVP_Digest(cred, len, md, &mdlen, EVP_sha256(), NULL);
+	if (subject)
+		EVP_Digest(subject, strlen(subject), md, &mdlen, EVP_sha256(), NULL);
+	else
+		EVP_Digest(cred, len, md, &mdlen, EVP_sha256(), NULL);
 	hex_encode(md, 16, out);
 }
 
-static int content_type_ok(const char *ct)
+/* CORS preflight: answered for allowed origins, with nothing CORS for the others. */
+static void preflight(struct ingress *ig, struct evhttp_request *req, const char *id,
+		      const struct route_match *rm)
 {
-	if (!ct)
-		return 1; /* absent: accept, the body is checked as JSON anyway */
-	size_t n = strcspn(ct, ";");
-	while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
-		n--;
-	return n == strlen("application/json") && strncasecmp(ct, "application/json", n) == 0;
-}
-
-static int model_ok(const char *m)
-{
-	size_t n = strlen(m);
-	if (n == 0 || n > 255)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)m[i] < 0x20 || m[i] == 0x7f)
-			return 0;
-	return 1;
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	char allow[32];
+	snprintf(allow, sizeof allow, "%s, OPTIONS", rm->allow);
+	front_headers(ig, req, id);
+	evhttp_add_header(out, "Allow", allow);
+	if (origin_allowed(ig, evhttp_find_header(in, "Origin"))) {
+		const char *want = evhttp_find_header(in, "Access-Control-Request-Headers");
+		int ok = want && strlen(want) < 1024;
+		for (const char *c = want; ok && *c; c++)
+			if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+			      (*c >= '0' && *c <= '9') || *c == '-' || *c == '_' || *c == ',' ||
+			      *c == ' '))
+				ok = 0;
+		evhttp_add_header(out, "Access-Control-Allow-Methods", allow);
+		evhttp_add_header(out, "Access-Control-Allow-Headers",
+				  ok ? want : "Authorization, Content-Type, X-Request-Id");
+		evhttp_add_header(out, "Access-Control-Max-Age", "600");
+	}
+	evhttp_send_reply(req, 204, "No Content", NULL);
+	front_count(ig, rm->label, 204);
 }
 
 static void front_request(struct evhttp_request *req, void *arg)
@@ -242,6 +357,7 @@ static void front_request(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	enum evhttp_cmd_type method = evhttp_request_get_command(req);
 	char id[GW_ID_HEX + 1];
 	const char *given = evhttp_find_header(in, "X-Request-Id");
 	if (given && wire_id_valid(given))
@@ -251,40 +367,45 @@ static void front_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 
-	const struct route *rt = NULL;
-	for (size_t i = 0; path && i < sizeof routes / sizeof routes[0]; i++)
-		if (strcmp(path, routes[i].path) == 0)
-			rt = &routes[i];
-	if (!rt) {
+	struct route_match rm;
+	if (check_route(path, &rm) != 0) {
 		reject(ig, req, id, "other", 404, "unknown route", "not_found", 0);
 		return;
 	}
-	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-		reject(ig, req, id, rt->path, 405, "method not allowed; use POST", "method_not_allowed", 0);
+	int want_get = rm.kind != ROUTE_OPENAI;
+	if (method == EVHTTP_REQ_OPTIONS) {
+		preflight(ig, req, id, &rm);
+		return;
+	}
+	if (method != (want_get ? EVHTTP_REQ_GET : EVHTTP_REQ_POST)) {
+		char msg[64];
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", rm.allow);
+		snprintf(msg, sizeof msg, "method not allowed; use %s", rm.allow);
+		reject(ig, req, id, rm.label, 405, msg, "method_not_allowed", 0);
 		return;
 	}
 	if (ig->rt.stopping) {
-		reject(ig, req, id, rt->path, 503, "the gateway is shutting down", "shutting_down", 1);
+		reject(ig, req, id, rm.label, 503, "the gateway is shutting down", "shutting_down",
+		       1);
 		return;
 	}
 	if ((long long)ig->pending.count >= ig->cfg.max_inflight) {
-		reject(ig, req, id, rt->path, 503, "too many requests in flight", "overloaded", 1);
+		reject(ig, req, id, rm.label, 503, "too many requests in flight", "overloaded", 1);
 		return;
 	}
-	if (!ig->producer.broker_up || ig->producer.fatal) {
-		reject(ig, req, id, rt->path, 503, "the message broker is unreachable",
+	if (!probe_up(&ig->probe) || ig->producer.fatal) {
+		reject(ig, req, id, rm.label, 503, "the message broker is unreachable",
 		       "broker_unavailable", 2);
 		return;
 	}
-	if (!content_type_ok(evhttp_find_header(in, "Content-Type"))) {
-		reject(ig, req, id, rt->path, 415, "Content-Type must be application/json",
+	if (!want_get && !check_content_type(evhttp_find_header(in, "Content-Type"))) {
+		reject(ig, req, id, rm.label, 415, "Content-Type must be application/json",
 		       "unsupported_media_type", 0);
 		return;
 	}
 	const char *auth = evhttp_find_header(in, "Authorization");
 	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !auth[7]) {
-		reject(ig, req, id, rt->path, 401,
+		reject(ig, req, id, rm.label, 401,
 		       "missing credential: send Authorization: Bearer <API key or token>",
 		       "missing_credential", 0);
 		return;
@@ -292,66 +413,56 @@ static void front_request(struct evhttp_request *req, void *arg)
 	const char *cred = auth + 7;
 	size_t credlen = strlen(cred);
 	if (credlen + SEAL_OVERHEAD > GW_CRED_MAX) {
-		reject(ig, req, id, rt->path, 401, "credential too long", "invalid_credential", 0);
+		reject(ig, req, id, rm.label, 401, "credential too long", "invalid_credential", 0);
 		return;
 	}
 
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
-	size_t blen = evbuffer_get_length(body);
-	const unsigned char *bytes = blen ? evbuffer_pullup(body, -1) : (const unsigned char *)"";
-	json_error_t jerr;
-	json_t *doc = json_loadb((const char *)bytes, blen, JSON_REJECT_DUPLICATES, &jerr);
-	if (!doc) {
-		char msg[300];
-		snprintf(msg, sizeof msg, "request body is not valid JSON: %s", jerr.text);
-		reject(ig, req, id, rt->path, 400, msg, "invalid_json", 0);
+	size_t blen = want_get ? 0 : evbuffer_get_length(body);
+	if ((long long)blen > ig->cfg.max_body) {
+		reject(ig, req, id, rm.label, 413, "request body is too large", "body_too_large",
+		       0);
 		return;
 	}
-	json_t *model = json_object_get(doc, "model");
-	json_t *stream = json_object_get(doc, "stream");
-	const char *problem = NULL;
-	if (!json_is_object(doc))
-		problem = "request body must be a JSON object";
-	else if (!json_is_string(model))
-		problem = "'model' is required and must be a string";
-	else if (!model_ok(json_string_value(model)))
-		problem = "'model' must be 1-255 printable characters";
-	else if (stream && !json_is_boolean(stream) && !json_is_null(stream))
-		problem = "'stream' must be a boolean";
-	if (problem) {
-		json_decref(doc);
-		reject(ig, req, id, rt->path, 400, problem, "invalid_request", 0);
-		return;
+	const unsigned char *bytes = blen ? evbuffer_pullup(body, -1) : (const unsigned char *)"";
+	struct body_result br;
+	memset(&br, 0, sizeof br);
+	if (!want_get) {
+		struct body_limits lim = {(int)ig->cfg.max_json_depth};
+		if (check_body(bytes, blen, &lim, &br) != 0) {
+			reject(ig, req, id, rm.label, br.status, br.message, br.code, 0);
+			return;
+		}
 	}
 
 	struct pending *p = pending_find(&ig->pending, id);
 	if (p) {
-		json_decref(doc);
-		reject(ig, req, id, rt->path, 409, "a request with this X-Request-Id is in flight",
+		reject(ig, req, id, rm.label, 409, "a request with this X-Request-Id is in flight",
 		       "duplicate_request_id", 0);
 		return;
 	}
 	p = pending_new(&ig->pending, ig, id);
 	if (!p) {
-		json_decref(doc);
-		reject(ig, req, id, rt->path, 503, "out of memory", "overloaded", 1);
+		reject(ig, req, id, rm.label, 503, "out of memory", "overloaded", 1);
 		return;
 	}
 	p->req = req;
 	p->conn = evhttp_request_get_connection(req);
 	p->start_us = wire_now_us();
 	p->deadline_ms = p->start_us / 1000 + ig->cfg.request_timeout_s * 1000;
-	p->stream = json_is_true(stream);
+	p->stream = br.stream;
 	p->audit_done.fn = on_audit_done;
-	snprintf(p->route, sizeof p->route, "%s", rt->path);
-	snprintf(p->model, sizeof p->model, "%s", json_string_value(model));
-	json_decref(doc);
+	snprintf(p->route, sizeof p->route, "%s", rm.label);
+	snprintf(p->model, sizeof p->model, "%s", br.model);
 	if (p->conn) {
 		char *addr = NULL;
 		ev_uint16_t port = 0;
 		evhttp_connection_get_peer(p->conn, &addr, &port);
 		snprintf(p->client, sizeof p->client, "%s", addr ? addr : "");
 		evhttp_connection_set_closecb(p->conn, on_client_close, p);
+		struct conn *c = conn_of(ig, req);
+		if (c)
+			conn_attach(c, p, p->conn);
 	}
 
 	/* request.received first: the answer waits for its acknowledgement. */
@@ -367,7 +478,7 @@ static void front_request(struct evhttp_request *req, void *arg)
 	ev.outcome = "accepted";
 	ev.client = p->client;
 	ev.route = p->route;
-	ev.model = p->model;
+	ev.model = p->model[0] ? p->model : NULL;
 	ev.body_sha256 = body_sha;
 	ev.body_size = (long long)blen;
 	p->refs++;
@@ -385,17 +496,25 @@ static void front_request(struct evhttp_request *req, void *arg)
 	memcpy(m->id, id, sizeof m->id);
 	m->deadline_ms = p->deadline_ms;
 	m->reply_partition = (int32_t)ig->cfg.reply_partition;
-	snprintf(m->route, sizeof m->route, "%s", rt->upstream);
+	snprintf(m->route, sizeof m->route, "%s", rm.upstream);
 	snprintf(m->model, sizeof m->model, "%s", p->model);
 	m->stream = p->stream;
 	snprintf(m->client, sizeof m->client, "%s", p->client);
+	snprintf(m->cluster, sizeof m->cluster, "%s", rm.cluster);
+	snprintf(m->framework, sizeof m->framework, "%s", rm.framework);
 	char hint[65];
 	principal_hint(cred, credlen, hint);
-	int sealed = seal_encrypt(ig->seal_key, cred, credlen, id, m->cred, sizeof m->cred,
-				  &m->cred_len);
-	rd_kafka_headers_t *h = rd_kafka_headers_new(10);
-	unsigned fields = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL |
-			  GW_F_STREAM | GW_F_CLIENT | GW_F_CRED;
+	int sealed =
+	    seal_encrypt(ig->seal_key, cred, credlen, id, m->cred, sizeof m->cred, &m->cred_len);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(12);
+	unsigned fields = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_STREAM |
+			  GW_F_CLIENT | GW_F_CRED;
+	if (m->model[0])
+		fields |= GW_F_MODEL;
+	if (m->cluster[0])
+		fields |= GW_F_CLUSTER;
+	if (m->framework[0])
+		fields |= GW_F_FRAMEWORK;
 	if (sealed != 0 || wire_encode(m, fields, h) != 0) {
 		OPENSSL_cleanse(m, sizeof *m);
 		free(m);
@@ -406,20 +525,22 @@ static void front_request(struct evhttp_request *req, void *arg)
 	}
 	OPENSSL_cleanse(m, sizeof *m);
 	free(m);
-	rd_kafka_resp_err_t err = kafka_produce(&ig->producer, GW_TOPIC_REQUESTS,
-						RD_KAFKA_PARTITION_UA, hint, strlen(hint), bytes,
-						blen, h, NULL, NULL);
+	rd_kafka_resp_err_t err =
+	    kafka_produce(&ig->producer, GW_TOPIC_REQUESTS, RD_KAFKA_PARTITION_UA, hint,
+			  strlen(hint), bytes, blen, h, NULL, NULL);
 	if (err) {
 		front_fail(ig, p, 503, "the message broker is not accepting requests",
 			   "broker_unavailable", 2);
 		return;
 	}
+	p->published = 1;
 	metric_set(ig->m_inflight, (double)ig->pending.count);
 }
 
 static void finish_shutdown(struct ingress *ig)
 {
 	event_del(ig->janitor);
+	probe_stop(&ig->probe);
 	kafka_producer_close(&ig->producer, 5000);
 	kafka_consumer_close(&ig->replies);
 	runtime_exit(&ig->rt);
@@ -429,6 +550,8 @@ static void janitor_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct ingress *ig = arg;
 	int64_t now = wire_now_ms();
+	if (++ig->ticks % 4 == 0)
+		conn_sweep(ig, now);
 	while (ig->pending.head && ig->pending.head->deadline_ms <= now)
 		front_fail(ig, ig->pending.head, 504, "the request timed out", "timeout", 0);
 	metric_set(ig->m_inflight, (double)ig->pending.count);
@@ -437,7 +560,8 @@ static void janitor_tick(evutil_socket_t fd, short what, void *arg)
 	if (ig->pending.count > 0 && now < ig->stop_deadline_ms)
 		return;
 	while (ig->pending.head)
-		front_fail(ig, ig->pending.head, 503, "the gateway is shutting down", "shutting_down", 1);
+		front_fail(ig, ig->pending.head, 503, "the gateway is shutting down",
+			   "shutting_down", 1);
 	/* One more tick lets evhttp write the last answers before the loop ends. */
 	if (ig->stop_deadline_ms > 0) {
 		ig->stop_deadline_ms = 0;
@@ -458,6 +582,11 @@ static void on_stop(void *arg)
 		 LI("inflight", (long long)ig->pending.count));
 }
 
+static void on_reload(void *arg)
+{
+	conn_tls_reload(arg);
+}
+
 static int ready(void *arg, char *why, size_t cap)
 {
 	struct ingress *ig = arg;
@@ -465,7 +594,7 @@ static int ready(void *arg, char *why, size_t cap)
 		snprintf(why, cap, "Kafka producer failed fatally");
 		return 0;
 	}
-	if (!ig->producer.broker_up) {
+	if (!probe_up(&ig->probe)) {
 		snprintf(why, cap, "message broker unreachable");
 		return 0;
 	}
@@ -489,12 +618,18 @@ int front_init(struct ingress *ig)
 	ig->http = evhttp_new(ig->rt.base);
 	if (!ig->http)
 		return -1;
+	/* The connection layer (conn.c) enforces the limits first, in OpenAI's shape; these
+	 * are evhttp's own backstops, set no tighter. */
 	evhttp_set_max_body_size(ig->http, (ev_ssize_t)ig->cfg.max_body);
-	evhttp_set_max_headers_size(ig->http, 65536);
-	evhttp_set_timeout(ig->http, 60);
+	evhttp_set_max_headers_size(ig->http, (ev_ssize_t)ig->cfg.max_header_bytes * 2);
+	struct timeval idle = {ig->cfg.keepalive_ms / 1000, (ig->cfg.keepalive_ms % 1000) * 1000};
+	evhttp_set_timeout_tv(ig->http, &idle);
 	evhttp_set_allowed_methods(ig->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-						     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-						     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+						 EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+						 EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+						 EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
+	if (conn_init(ig) != 0)
+		return -1;
 	runtime_admin_routes(&ig->rt, ig->http);
 	evhttp_set_gencb(ig->http, front_request, ig);
 	ig->listener = evhttp_bind_socket_with_handle(ig->http, host, port);
@@ -504,18 +639,23 @@ int front_init(struct ingress *ig)
 		return -1;
 	}
 	ig->rt.on_stop = on_stop;
+	ig->rt.on_reload = on_reload;
 	ig->rt.ready = ready;
 	ig->rt.arg = ig;
 	ig->janitor = event_new(ig->rt.base, -1, EV_PERSIST, janitor_tick, ig);
 	struct timeval tv = {0, 50 * 1000};
 	if (!ig->janitor || event_add(ig->janitor, &tv) != 0)
 		return -1;
-	ig->m_inflight = metric_gauge_fn("gw_ingress_inflight", NULL, "Requests waiting for an answer",
-					 inflight_fn, ig);
+	ig->m_inflight = metric_gauge_fn("gw_ingress_inflight", NULL,
+					 "Requests waiting for an answer", inflight_fn, ig);
 	ig->m_latency = metric_get(METRIC_HISTOGRAM, "gw_ingress_request_seconds", NULL,
 				   "Time from request to answer as seen by ingress");
 	ig->m_streams = metric_get(METRIC_GAUGE, "gw_ingress_streams_open", NULL,
 				   "Streamed answers in progress");
-	log_info("ingress listening", LS("address", ig->cfg.listen));
+	ig->m_cancels =
+	    metric_get(METRIC_COUNTER, "gw_ingress_cancels_total", NULL,
+		       "Cancels sent upstream for clients that left before their answer");
+	log_info("ingress listening", LS("address", ig->cfg.listen),
+		 LS("tls", ig->tls ? "on" : "off"));
 	return 0;
 }

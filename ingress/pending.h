@@ -7,6 +7,8 @@
 #include "kafka.h"
 #include "wire.h"
 
+struct conn;
+
 #include <event2/http.h>
 #include <stdint.h>
 
@@ -20,24 +22,27 @@ struct pending {
 	char id[GW_ID_HEX + 1];
 	struct evhttp_request *req; /* NULL once answered or the client disconnected */
 	struct evhttp_connection *conn;
+	struct conn *cn;       /* the connection layer's view (a reference) */
+	struct pending *cnext; /* other requests waiting on the same connection */
 	int64_t start_us;
 	int64_t deadline_ms;
-	char route[64];
+	char route[64]; /* the route's template (metrics, audit) */
 	char model[256];
 	char client[64];
 	int stream;
 	int refs;
-	int answered;     /* the HTTP side is finished */
-	int started;      /* a streamed answer has begun (status line sent) */
-	int audit_acked;  /* request.received is in Kafka: the answer may go out */
+	int answered;    /* the HTTP side is finished */
+	int started;     /* a streamed answer has begun (status line sent) */
+	int audit_acked; /* request.received is in Kafka: the answer may go out */
 	int audit_failed;
-	int status;       /* status given to the client */
+	int published; /* on gw.requests: a cancel is owed if the client leaves */
+	int status;    /* status given to the client */
 	int32_t next_seq;
 	int nheld;
 	rd_kafka_message_t *held[64]; /* replies that arrived before the audit ack */
 	struct kafka_done audit_done;
-	struct pending *hnext;        /* hash chain */
-	struct pending *prev, *next;  /* FIFO while unanswered */
+	struct pending *hnext;       /* hash chain */
+	struct pending *prev, *next; /* FIFO while unanswered */
 };
 
 struct pending_table {

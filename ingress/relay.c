@@ -16,10 +16,14 @@ static void send_whole(struct ingress *ig, struct pending *p, const struct gw_me
 	struct evhttp_request *req = p->req;
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	struct evbuffer *b = evbuffer_new();
-	evhttp_add_header(h, "X-Request-Id", p->id);
-	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-	evhttp_add_header(h, "Cache-Control", "no-store");
+	front_headers(ig, req, p->id);
 	evhttp_add_header(h, "Content-Type", m->ctype[0] ? m->ctype : "application/json");
+	/* A limit (authz) or saturation (dispatcher) says when to come back. */
+	char retry[16];
+	if ((m->status == 429 || m->status == 503) &&
+	    kafka_header_str(msg, GW_H_RETRY_AFTER, retry, sizeof retry) == 0 &&
+	    retry[0] && strspn(retry, "0123456789") == strlen(retry))
+		evhttp_add_header(h, "Retry-After", retry);
 	if (b && msg->len)
 		evbuffer_add(b, msg->payload, msg->len);
 	evhttp_send_reply(req, m->status, NULL, b);
@@ -35,14 +39,22 @@ static void send_chunk(struct ingress *ig, struct pending *p, const struct gw_me
 	struct evhttp_request *req = p->req;
 	if (!p->started) {
 		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-		evhttp_add_header(h, "X-Request-Id", p->id);
-		evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-		evhttp_add_header(h, "Cache-Control", "no-store");
+		front_headers(ig, req, p->id);
 		evhttp_add_header(h, "Content-Type", m->ctype[0] ? m->ctype : "text/event-stream");
 		evhttp_send_reply_start(req, m->status, NULL);
 		p->started = 1;
 		p->status = m->status;
 		metric_add(ig->m_streams, 1);
+	}
+	/* A client that does not read must not make us hold its whole answer. */
+	if (p->cn && conn_output_len(p->cn) + msg->len > (size_t)ig->cfg.max_stream_buffer) {
+		struct evhttp_connection *evcon = p->conn;
+		log_warn("client reads too slowly: stream ended", LS("request_id", p->id),
+			 LI("buffered", (long long)conn_output_len(p->cn)));
+		front_client_gone(ig, p, "client too slow");
+		/* Frees the request with it (evhttp still owns both). */
+		evhttp_connection_free(evcon);
+		return;
 	}
 	if (msg->len) {
 		struct evbuffer *b = evbuffer_new();
@@ -147,10 +159,24 @@ int relay_init(struct ingress *ig)
 	if (kafka_consumer_init(&ig->replies, ig->rt.base, NULL, client_id, (int)wait) != 0)
 		return -1;
 	int32_t part = (int32_t)ig->cfg.reply_partition;
-	if (kafka_consumer_assign(&ig->replies, GW_TOPIC_REPLIES, &part, 1, RD_KAFKA_OFFSET_END) != 0)
+	/* Start at the high watermark read now, not at "end" resolved whenever the first
+	 * fetch happens: a reply produced after start-up is never skipped. */
+	int64_t lo = 0, hi = RD_KAFKA_OFFSET_END;
+	rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(ig->replies.rk, GW_TOPIC_REPLIES,
+								   part, &lo, &hi, 10000);
+	if (err) {
+		log_error(
+		    "cannot read the reply partition's end: is the broker up and the partition "
+		    "there? (GW_INGRESS_REPLY_PARTITION)",
+		    LS("topic", GW_TOPIC_REPLIES), LI("partition", part),
+		    LS("error", rd_kafka_err2str(err)));
+		return -1;
+	}
+	if (kafka_consumer_assign(&ig->replies, GW_TOPIC_REPLIES, &part, 1, hi) != 0)
 		return -1;
 	ig->m_late_replies = metric_get(METRIC_COUNTER, "gw_ingress_late_replies_total", NULL,
 					"Replies for requests already answered, or duplicates");
-	log_info("consuming replies", LS("topic", GW_TOPIC_REPLIES), LI("partition", part));
+	log_info("consuming replies", LS("topic", GW_TOPIC_REPLIES), LI("partition", part),
+		 LI("offset", hi));
 	return 0;
 }

@@ -215,12 +215,9 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 static void producer_drain(void *arg)
 {
 	struct kafka_producer *p = arg;
-	int served = 0;
 	for (int i = 0; i < PUMP_BATCH; i++) {
-		int n = rd_kafka_poll(p->rk, 0);
-		if (n <= 0)
+		if (rd_kafka_poll(p->rk, 0) <= 0)
 			return;
-		served += n;
 	}
 	pump_again(&p->pump);
 }

@@ -27,7 +27,10 @@ static const char usage[] =
     "  GW_BROKER_PARTITIONS         partitions of gw.requests, gw.usage, gw.authorized,\n"
     "                               gw.audit, gw.control, gw.deadletter (4)\n"
     "  GW_BROKER_REPLY_PARTITIONS   partitions of gw.replies, one per ingress copy (8)\n"
-    "  GW_ADMIN_LISTEN              /health /ready /metrics listener (off)\n"
+    "  GW_ADMIN_LISTEN              /health /ready /metrics listener (off); it also\n"
+    "                               takes POST /mock/brokers/down and /mock/brokers/up,\n"
+    "                               which take every broker down (connections refused)\n"
+    "                               or back up, for fault tests\n"
     "  GW_LOG_LEVEL                 debug|info|warn|error (info)\n";
 
 /* Owns rk and the cluster it hosts; the cluster is destroyed before rk. */
@@ -35,6 +38,7 @@ struct broker {
 	struct runtime rt;
 	rd_kafka_t *rk;
 	rd_kafka_mock_cluster_t *mc;
+	long long brokers;
 	const char *bootstrap_file; /* argv, borrowed */
 	int wrote_file;
 };
@@ -153,12 +157,12 @@ static int ready(void *arg, char *why, size_t whycap)
 
 static int start(struct broker *b)
 {
-	long long brokers, parts, reply_parts;
+	long long parts, reply_parts;
 	char err[512];
 	rd_kafka_conf_t *conf;
 	const char *bootstrap;
 
-	if (config_int("GW_BROKER_COUNT", 1, 1, 32, &brokers) < 0 ||
+	if (config_int("GW_BROKER_COUNT", 1, 1, 32, &b->brokers) < 0 ||
 	    config_int("GW_BROKER_PARTITIONS", 4, 1, 1024, &parts) < 0 ||
 	    config_int("GW_BROKER_REPLY_PARTITIONS", 8, 1, 1024, &reply_parts) < 0)
 		return -1;
@@ -183,6 +187,8 @@ static int start(struct broker *b)
 		rd_kafka_conf_destroy(conf);
 		return -1;
 	}
+	long long brokers = b->brokers;
+
 	b->mc = rd_kafka_mock_cluster_new(b->rk, (int)brokers);
 	if (!b->mc) {
 		log_error("cannot start the mock cluster (could not listen on 127.0.0.1?)",
@@ -208,6 +214,50 @@ static int start(struct broker *b)
 		log_warn("cannot print the bootstrap string on stdout",
 			 LS("error", strerror(errno)));
 	return 0;
+}
+
+/* Fault injection for tests: every broker down (connections dropped and refused) or
+ * back up. The mock cluster keeps its data meanwhile. */
+static void on_brokers(struct evhttp_request *req, void *arg, int up)
+{
+	struct broker *b = arg;
+	struct evbuffer *out = evbuffer_new();
+	int failed = 0;
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+		evhttp_send_reply(req, 405, "Method Not Allowed", NULL);
+		if (out)
+			evbuffer_free(out);
+		return;
+	}
+	for (int id = 1; b->mc && id <= b->brokers; id++) {
+		rd_kafka_resp_err_t err = up ? rd_kafka_mock_broker_set_up(b->mc, id)
+					     : rd_kafka_mock_broker_set_down(b->mc, id);
+		if (err) {
+			log_error("cannot change a mock broker's state", LI("broker", id),
+				  LS("error", rd_kafka_err2str(err)));
+			failed = 1;
+		}
+	}
+	log_info(up ? "mock brokers up" : "mock brokers down", LI("brokers", b->brokers));
+	if (out)
+		evbuffer_add_printf(out, "{\"brokers\":\"%s\"}\n", up ? "up" : "down");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "application/json");
+	evhttp_send_reply(req, failed ? 500 : 200, failed ? "Internal Server Error" : "OK", out);
+	if (out)
+		evbuffer_free(out);
+}
+
+static void on_brokers_down(struct evhttp_request *req, void *arg)
+{
+	on_brokers(req, arg, 0);
+}
+
+static void on_brokers_up(struct evhttp_request *req, void *arg)
+{
+	on_brokers(req, arg, 1);
 }
 
 static void stop(struct broker *b)
@@ -254,6 +304,12 @@ int main(int argc, char **argv)
 	b.rt.arg = &b;
 	if (start(&b) < 0)
 		goto out;
+	if (b.rt.admin) {
+		evhttp_set_allowed_methods(b.rt.admin,
+					   EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
+		evhttp_set_cb(b.rt.admin, "/mock/brokers/down", on_brokers_down, &b);
+		evhttp_set_cb(b.rt.admin, "/mock/brokers/up", on_brokers_up, &b);
+	}
 	if (runtime_run(&b.rt) == 0)
 		rc = 0;
 	log_info("mock cluster stopping");

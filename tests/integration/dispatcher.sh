@@ -40,7 +40,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A random port nothing listens on (as stack_free_port in deploy/local/stack.sh; no
+# python start-up per port on a loaded machine).
+# Ports handed out are remembered (in USED_PORTS, when called without a subshell:
+# `free_port >/dev/null; X=$FP`) so two calls never return the same one.
+USED_PORTS=" "
+free_port() {
+	local p
+	for _ in $(seq 1 200); do
+		p=$((20000 + RANDOM % 40000))
+		case "$USED_PORTS" in *" $p "*) continue ;; esac
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			USED_PORTS="$USED_PORTS$p "
+			FP=$p
+			echo "$p"
+			return 0
+		fi
+	done
+	return 1
+}
 wait_file() { local i; for i in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
 wait_http() { # url pid
 	local i
@@ -54,13 +72,13 @@ wait_http() { # url pid
 # Waits for a pid that is not our child; echoes nothing, returns 0 once it is gone.
 gone() { ! kill -0 "$1" 2>/dev/null; }
 
-MOCK_PORT=$(free_port)
-SLOW_PORT=$(free_port)
-DOWN_PORT=$(free_port) # nothing listens here
-FAIL_PORT=$(free_port)
-BIG_PORT=$(free_port)
-FLAKY_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
+free_port >/dev/null; MOCK_PORT=$FP
+free_port >/dev/null; SLOW_PORT=$FP
+free_port >/dev/null; DOWN_PORT=$FP # nothing listens here
+free_port >/dev/null; FAIL_PORT=$FP
+free_port >/dev/null; BIG_PORT=$FP
+free_port >/dev/null; FLAKY_PORT=$FP
+free_port >/dev/null; ADMIN_PORT=$FP
 MOCK_KEY="sk-mock-$RANDOM$RANDOM-secret"
 printf '%s\n' "$MOCK_KEY" >"$D/mock.key"
 
@@ -90,13 +108,13 @@ check_contains "endpoints: lists mock with its models" "$out" "mock-llm,mock-emb
 check_contains "endpoints: lists the url" "$out" "http://127.0.0.1:$MOCK_PORT"
 check_eq "endpoints: one row per endpoint" 7 "$(wc -l <<<"$out")"
 check_not_contains "endpoints: the API key is not printed" "$out$(cat "$D/cli.log")" "$MOCK_KEY"
-out=$(GW_ENDPOINTS_FILE=$D/endpoints.json "$DISPATCHER" endpoints 2>/dev/null)
-check_contains "endpoints: reads GW_ENDPOINTS_FILE" "$out" "slow-llm"
+out=$(GW_ADMIN_LISTEN=127.0.0.1:$(free_port) GW_ENDPOINTS_FILE=$D/endpoints.json "$DISPATCHER" endpoints 2>/dev/null)
+check_contains "endpoints: no dispatcher answering -> reads GW_ENDPOINTS_FILE" "$out" "slow-llm"
 
-echo '{"endpoints":[{"name":"a","url":"https://gpu.example.org","models":["m"]}]}' >"$D/https.json"
+echo '{"endpoints":[{"name":"a","url":"ftp://gpu.example.org","models":["m"]}]}' >"$D/https.json"
 err=$("$DISPATCHER" endpoints --file "$D/https.json" 2>&1 >/dev/null)
-check_eq "endpoints: https file exits 1" 1 $?
-check_contains "endpoints: https refused with a reason" "$err" "https is not supported yet"
+check_eq "endpoints: bad scheme exits 1" 1 $?
+check_contains "endpoints: bad scheme refused with a reason" "$err" "must start with http:// or https://"
 echo '{"endpoints":[{"name":"a","url":"http://h:1","models":["m"],"modles":["x"]}]}' >"$D/unknown.json"
 err=$("$DISPATCHER" endpoints --file "$D/unknown.json" 2>&1 >/dev/null)
 check_eq "endpoints: unknown field exits 1" 1 $?
@@ -236,8 +254,10 @@ check_eq "unknown model: message" "model 'no-such-model' is not served by any en
 	"$(jf .body "$r" | jq -r .error.message)"
 check_eq "unknown model: type" "invalid_request_error" "$(jf .body "$r" | jq -r .error.type)"
 check_eq "unknown model: request id in the body" "$id" "$(jf .body "$r" | jq -r .request_id)"
-check_eq "unknown model: audited as error 404, no usage" "error/404/0" \
-	"$(jf '"\(.audit[] | select(.type=="dispatch.result") | .outcome)/\(.audit[] | select(.type=="dispatch.result") | .status)/\(.usage | length)"' "$r")"
+check_eq "unknown model: audited as error 404" "error/404" \
+	"$(jf '"\(.audit[] | select(.type=="dispatch.result") | .outcome)/\(.audit[] | select(.type=="dispatch.result") | .status)"' "$r")"
+check_eq "unknown model: usage with zero tokens and outcome error (authz frees the slot)" "error/404/0/0" \
+	"$(jf '.usage[0] | "\(.outcome)/\(.status)/\(.prompt_tokens)/\(.total_tokens)"' "$r")"
 
 r=$(probe --model down-llm)
 check_eq "endpoint down: 502" 502 "$(jf .status "$r")"
@@ -252,7 +272,8 @@ check_eq "endpoint slower than the deadline: upstream_timeout" "upstream_timeout
 check "504 comes at the deadline, not after the endpoint's 3 s" \
 	jqe '.audit[] | select(.type=="dispatch.result") | .latency_us < 2500000' <<<"$r"
 
-# Endpoint full: slow serves one at a time and queues one; a third is refused.
+# Endpoint full: slow serves one at a time and queues one; a third is refused at once
+# with 429 and a retry hint (gw-retry-after, retry_after_s).
 FULL=()
 for i in 1 2 3; do
 	probe --model slow-llm --deadline-ms 20000 --timeout-ms 20000 >"$D/full.$i" &
@@ -261,10 +282,13 @@ for i in 1 2 3; do
 done
 wait "${FULL[@]}"
 codes=$(for i in 1 2 3; do jq -r .status "$D/full.$i"; done | sort | tr '\n' ' ')
-check_eq "endpoint full: two served, one refused" "200 200 503 " "$codes"
-busy=$(for i in 1 2 3; do jq -r 'select(.status==503) | .body' "$D/full.$i"; done)
-check_eq "endpoint full: endpoint_busy" "endpoint_busy" "$(jq -r .error.code <<<"$busy")"
+check_eq "endpoint full: two served, one refused" "200 200 429 " "$codes"
+busy=$(for i in 1 2 3; do jq -r 'select(.status==429) | .body' "$D/full.$i"; done)
+check_eq "endpoint full: endpoints_saturated" "endpoints_saturated" "$(jq -r .error.code <<<"$busy")"
 check_contains "endpoint full: says when to retry" "$(jq -r .error.message <<<"$busy")" "retry after"
+check_eq "endpoint full: retry_after_s in the error" 1 "$(jq -r .retry_after_s <<<"$busy")"
+check_eq "endpoint full: gw-retry-after header" 1 \
+	"$(for i in 1 2 3; do jq -r 'select(.status==429) | .headers["gw-retry-after"]' "$D/full.$i"; done)"
 
 # An endpoint's own error is relayed as it is, status included.
 FBODY='{"model":"failing-llm","messages":[{"role":"user","content":"fail"}]}'
@@ -317,7 +341,7 @@ DUP=$(openssl rand -hex 16)
 r=$(probe --model mock-llm --id "$DUP")
 check_eq "first of a duplicate pair: answered" 200 "$(jf .status "$r")"
 before=$(curl -s "http://127.0.0.1:$MOCK_PORT/mock/stats" | jq .requests)
-r=$(probe --model mock-llm --id "$DUP" --no-reply --wait-audits 2 --settle-ms 1500 --timeout-ms 10000)
+r=$(probe --model mock-llm --id "$DUP" --from-beginning --no-reply --wait-audits 2 --settle-ms 1500 --timeout-ms 10000)
 after=$(curl -s "http://127.0.0.1:$MOCK_PORT/mock/stats" | jq .requests)
 check_eq "redelivered id: not sent to the endpoint again" "$before" "$after"
 check_eq "redelivered id: audited as duplicate" "ok duplicate" \

@@ -34,6 +34,16 @@ static const char usage[] =
     "  --wait-audits N      wait for N dispatch.result events of this id (1)\n"
     "  --settle-ms N        keep collecting N ms after that (400)\n"
     "  --timeout-ms N       give up after N ms (15000)\n"
+    "  --cluster C          gw-cluster (a FIRST route)\n"
+    "  --framework F        gw-framework (a FIRST route)\n"
+    "  --models LIST        gw-models: models the principal may use (*)\n"
+    "  --cancel-after-ms N  produce a cancel for the id N ms after the request\n"
+    "  --cancel-first       produce the cancel before the request\n"
+    "  --from-beginning     read the topics from the beginning (default: from their end\n"
+    "                       as of just before the request; use it to see events of an\n"
+    "                       earlier request with the same --id)\n"
+    "output also has headers (gw-retry-after of seq 0), first_ms and end_ms (ms from the\n"
+    "request being produced to the first reply / the final one).\n"
     "exit: 0 when everything waited for arrived, 1 on timeout or error, 2 on bad flags.\n";
 
 struct probe {
@@ -41,8 +51,9 @@ struct probe {
 	int32_t reply_partition;
 	int status;
 	char ctype[128];
-	json_t *seqs, *usage, *audit, *deadletter;
+	json_t *seqs, *usage, *audit, *deadletter, *headers;
 	int final;
+	int64_t t0_ms, first_ms, end_ms;
 	int audit_done; /* dispatch.result events that arrived */
 	unsigned char *body;
 	size_t len, cap;
@@ -74,14 +85,23 @@ static void take(struct probe *p, const rd_kafka_message_t *m)
 	if (header(m, GW_H_ID, id, sizeof id) != 0 || strcmp(id, p->id) != 0)
 		return;
 	if (strcmp(topic, GW_TOPIC_REPLIES) == 0) {
-		if (header(m, GW_H_SEQ, buf, sizeof buf) == 0)
+		if (!p->first_ms)
+			p->first_ms = wire_now_ms();
+		if (header(m, GW_H_SEQ, buf, sizeof buf) == 0) {
 			json_array_append_new(p->seqs, json_integer(atoll(buf)));
+			char ra[32];
+			if (atoll(buf) == 0 && header(m, "gw-retry-after", ra, sizeof ra) == 0)
+				json_object_set_new(p->headers, "gw-retry-after",
+						    json_integer(atoll(ra)));
+		}
 		if (header(m, GW_H_STATUS, buf, sizeof buf) == 0 && p->status == 0)
 			p->status = atoi(buf);
 		if (!p->ctype[0])
 			header(m, GW_H_CTYPE, p->ctype, sizeof p->ctype);
-		if (header(m, GW_H_FINAL, buf, sizeof buf) == 0 && strcmp(buf, "1") == 0)
+		if (header(m, GW_H_FINAL, buf, sizeof buf) == 0 && strcmp(buf, "1") == 0) {
 			p->final++;
+			p->end_ms = wire_now_ms();
+		}
 		if (p->len + m->len + 1 > p->cap) {
 			size_t nc = (p->len + m->len + 1) * 2;
 			unsigned char *nb = realloc(p->body, nc);
@@ -116,12 +136,26 @@ static void take(struct probe *p, const rd_kafka_message_t *m)
 	}
 }
 
+/* Reading starts at the current end (queried before the request is produced, so
+ * nothing of it can be missed), not at the beginning: the topics grow with every
+ * request of a test run. */
+static int from_beginning;
+
+static int64_t start_at(rd_kafka_t *rk, const char *topic, int32_t part)
+{
+	int64_t lo = 0, hi = 0;
+	if (from_beginning ||
+	    rd_kafka_query_watermark_offsets(rk, topic, part, &lo, &hi, 5000) != 0)
+		return RD_KAFKA_OFFSET_BEGINNING;
+	return hi;
+}
+
 static int add_topic(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *l, const char *topic,
 		     int32_t only)
 {
 	if (only >= 0) {
 		rd_kafka_topic_partition_list_add(l, topic, only)->offset =
-		    RD_KAFKA_OFFSET_BEGINNING;
+		    start_at(rk, topic, only);
 		return 0;
 	}
 	rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
@@ -139,10 +173,21 @@ static int add_topic(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *l, const c
 	}
 	for (int i = 0; i < md->topics[0].partition_cnt; i++)
 		rd_kafka_topic_partition_list_add(l, topic, md->topics[0].partitions[i].id)
-		    ->offset = RD_KAFKA_OFFSET_BEGINNING;
+		    ->offset = start_at(rk, topic, md->topics[0].partitions[i].id);
 	rd_kafka_metadata_destroy(md);
 	rd_kafka_topic_destroy(t);
 	return 0;
+}
+
+static int produce(const char *brokers, const struct probe *p, const char *body, const char *omit,
+		   const char *const *hv, int nh);
+
+/* A cancel the way ingress sends one: keyed by the id, empty value. */
+static int produce_cancel(const char *brokers, const struct probe *p, const char *deadline)
+{
+	const char *hv[] = {GW_H_VERSION, GW_WIRE_VERSION, GW_H_ID, p->id, GW_H_CANCEL,
+			    "1",          GW_H_DEADLINE,   deadline};
+	return produce(brokers, p, "", NULL, hv, 8);
 }
 
 static int produce(const char *brokers, const struct probe *p, const char *body, const char *omit,
@@ -216,6 +261,12 @@ int main(int argc, char **argv)
 	    {"timeout-ms", required_argument, NULL, 't'},
 	    {"wait-audits", required_argument, NULL, 'A'},
 	    {"settle-ms", required_argument, NULL, 'S'},
+	    {"cluster", required_argument, NULL, 'c'},
+	    {"framework", required_argument, NULL, 'f'},
+	    {"models", required_argument, NULL, 'M'},
+	    {"cancel-after-ms", required_argument, NULL, 'C'},
+	    {"cancel-first", no_argument, NULL, 'F'},
+	    {"from-beginning", no_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -223,7 +274,9 @@ int main(int argc, char **argv)
 		   *principal = "probe-user";
 	const char *hint = "probe-hint", *omit = NULL;
 	long long deadline_rel = 30000, timeout_ms = 15000, settle_ms = 400;
-	int want_audits = 1;
+	int want_audits = 1, cancel_first = 0;
+	long long cancel_after = -1;
+	const char *cluster = NULL, *framework = NULL, *models = NULL;
 	int stream = 0, no_reply = 0, wait_dl = 0, c;
 	struct probe p;
 	memset(&p, 0, sizeof p);
@@ -251,6 +304,12 @@ int main(int argc, char **argv)
 		case 't': timeout_ms = atoll(optarg); break;
 		case 'A': want_audits = atoi(optarg); break;
 		case 'S': settle_ms = atoll(optarg); break;
+		case 'c': cluster = optarg; break;
+		case 'f': framework = optarg; break;
+		case 'M': models = optarg; break;
+		case 'C': cancel_after = atoll(optarg); break;
+		case 'F': cancel_first = 1; break;
+		case 'B': from_beginning = 1; break;
 		case 'h': fputs(usage, stdout); return 0;
 		default: fputs(usage, stderr); return 2;
 		}
@@ -278,11 +337,22 @@ int main(int argc, char **argv)
 	snprintf(deadline, sizeof deadline, "%lld", (long long)wire_now_ms() + deadline_rel);
 	snprintf(reply, sizeof reply, "%d", (int)p.reply_partition);
 	snprintf(streams, sizeof streams, "%d", stream);
-	const char *hv[] = {GW_H_VERSION, GW_WIRE_VERSION, GW_H_ID,     p.id,        GW_H_DEADLINE,
-			    deadline,     GW_H_REPLY,      reply,       GW_H_ROUTE,  route,
-			    GW_H_MODEL,   model,           GW_H_STREAM, streams,     GW_H_PRINCIPAL,
-			    principal,    GW_H_HINT,       hint,        GW_H_CLIENT, "127.0.0.1",
-			    GW_H_GROUPS,  "probe-group",   GW_H_RULE,   "probe-rule"};
+	const char *hv[] = {
+	    GW_H_VERSION, GW_WIRE_VERSION, GW_H_ID,     p.id,         GW_H_DEADLINE,
+	    deadline,     GW_H_REPLY,      reply,       GW_H_ROUTE,   route,
+	    GW_H_MODEL,   model,           GW_H_STREAM, streams,      GW_H_PRINCIPAL,
+	    principal,    GW_H_HINT,       hint,        GW_H_CLIENT,  "127.0.0.1",
+	    GW_H_GROUPS,  "probe-group",   GW_H_RULE,   "probe-rule", GW_H_CLUSTER,
+	    cluster,      GW_H_FRAMEWORK,  framework,   GW_H_MODELS,  models};
+	/* Optional headers at the end are left out when not given. */
+	int nh = (int)(sizeof hv / sizeof hv[0]);
+	const char *hv2[sizeof hv / sizeof hv[0]];
+	int n2 = 0;
+	for (int i = 0; i + 1 < nh; i += 2)
+		if (hv[i + 1]) {
+			hv2[n2++] = hv[i];
+			hv2[n2++] = hv[i + 1];
+		}
 
 	/* The consumer is set up first so nothing is missed; it reads from the beginning
 	 * and keeps only this id. */
@@ -321,14 +391,24 @@ int main(int argc, char **argv)
 	p.usage = json_array();
 	p.audit = json_array();
 	p.deadletter = json_array();
+	p.headers = json_object();
 
 	int rc = 0;
-	if (produce(brokers, &p, body, omit, hv, (int)(sizeof hv / sizeof hv[0])) != 0) {
+	if (cancel_first && produce_cancel(brokers, &p, deadline) != 0)
+		return 1;
+	p.t0_ms = wire_now_ms();
+	if (produce(brokers, &p, body, omit, hv2, n2) != 0) {
 		rc = 1;
 	} else {
 		int64_t end = wire_now_ms() + timeout_ms, settle = 0;
+		int64_t cancel_at = cancel_after >= 0 ? p.t0_ms + cancel_after : 0;
 		for (;;) {
 			int64_t now = wire_now_ms();
+			if (cancel_at && now >= cancel_at) {
+				cancel_at = 0;
+				if (produce_cancel(brokers, &p, deadline) != 0)
+					rc = 1;
+			}
 			int done =
 			    (no_reply || p.final) && (wait_dl ? json_array_size(p.deadletter) > 0
 							      : p.audit_done >= want_audits);
@@ -366,6 +446,11 @@ int main(int argc, char **argv)
 	json_object_set_new(out, "audit", p.audit);
 	json_object_set_new(out, "deadletter", p.deadletter);
 	json_object_set_new(out, "timed_out", json_boolean(rc != 0));
+	json_object_set_new(out, "headers", p.headers);
+	json_object_set_new(out, "first_ms",
+			    p.first_ms ? json_integer(p.first_ms - p.t0_ms) : json_null());
+	json_object_set_new(out, "end_ms",
+			    p.end_ms ? json_integer(p.end_ms - p.t0_ms) : json_null());
 	char *s = json_dumps(out, JSON_COMPACT);
 	if (s)
 		printf("%s\n", s);

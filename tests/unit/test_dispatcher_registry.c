@@ -2,7 +2,6 @@
  * fields, API key files, and routing by model in file order. */
 #include "check.h"
 #include "registry.h"
-#include "route.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,13 +77,10 @@ static void test_valid(void)
 	CHECK_EQ_INT(c->port, 80);
 	CHECK_EQ_STR(c->host, "gpu-node-1.example.org");
 
-	/* Routing: first endpoint in file order that lists the model. */
-	CHECK_EQ_INT(route_pick(&r, "mock-llm"), 0);
-	CHECK_EQ_INT(route_pick(&r, "mock-embed"), 0);
-	CHECK_EQ_INT(route_pick(&r, "x"), 1);
-	CHECK_EQ_INT(route_pick(&r, "nope"), -1);
-	CHECK_EQ_INT(route_pick(&r, ""), -1);
-	CHECK_EQ_INT(route_pick(&r, "mock-llm "), -1);
+	/* Model names match exactly. */
+	CHECK(registry_endpoint_serves(a, "mock-embed"));
+	CHECK(!registry_endpoint_serves(a, ""));
+	CHECK(!registry_endpoint_serves(a, "mock-llm "));
 	CHECK(registry_endpoint_serves(c, "mock-llm"));
 	CHECK(!registry_endpoint_serves(b, "mock-llm"));
 	registry_free(&r);
@@ -131,10 +127,28 @@ static void test_missing(void)
 
 static void test_urls(void)
 {
-	CHECK(fails_with(EP(BASE "\"url\":\"https://gpu.example.org\""),
-			 "https is not supported yet"));
+	struct registry r;
+	CHECK_EQ_INT(0, parse(&r, EP(BASE "\"url\":\"https://gpu.example.org/v\"")));
+	CHECK_EQ_INT(1, r.eps[0].https);
+	CHECK_EQ_INT(443, r.eps[0].port);
+	CHECK_EQ_STR("gpu.example.org", r.eps[0].host);
+	CHECK_EQ_STR("/v", r.eps[0].base_path);
+	/* Phase timeouts default to at most the total. */
+	CHECK_EQ_INT(5000, r.eps[0].connect_timeout_ms);
+	CHECK_EQ_INT(60000, r.eps[0].first_byte_timeout_ms);
+	CHECK_EQ_INT(30000, r.eps[0].chunk_timeout_ms);
+	registry_free(&r);
+	CHECK_EQ_INT(0, parse(&r, EP(BASE "\"url\":\"http://h:1\",\"timeout_ms\":2000,"
+					  "\"chunk_timeout_ms\":700")));
+	CHECK_EQ_INT(2000, r.eps[0].connect_timeout_ms);
+	CHECK_EQ_INT(2000, r.eps[0].first_byte_timeout_ms);
+	CHECK_EQ_INT(700, r.eps[0].chunk_timeout_ms);
+	CHECK_EQ_INT(0, r.eps[0].https);
+	registry_free(&r);
 	CHECK(fails_with(EP(BASE "\"url\":\"HTTPS://gpu.example.org\""),
-			 "https is not supported yet"));
+			 "must start with http:// or https://"));
+	CHECK(fails_with(EP(BASE "\"url\":\"https://h:1\",\"connect_timeout_ms\":0"),
+			 "connect_timeout_ms: must be between"));
 	CHECK(fails_with(EP(BASE "\"url\":\"ftp://h\""), "must start with http://"));
 	CHECK(fails_with(EP(BASE "\"url\":\"127.0.0.1:8000\""), "must start with http://"));
 	CHECK(fails_with(EP(BASE "\"url\":\"http://\""), "has no host"));

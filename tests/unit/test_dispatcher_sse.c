@@ -182,8 +182,14 @@ static void test_garbage(void)
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		CHECK_EQ_INT(scan(bad[i], strlen(bad[i]), NULL, 0, 4096, &r), 0);
 		CHECK(!r.have);
-		CHECK_EQ_INT(r.malformed, 1);
+		/* Bad usage is malformed; a payload that is not JSON at all is broken SSE. */
+		CHECK_EQ_INT(r.malformed, i < 5 ? 1 : 0);
+		CHECK_EQ_INT(r.broken, i < 5 ? 0 : 1);
 	}
+	CHECK_EQ_INT(scan("data: [DONE]\n", 13, NULL, 0, 4096, &r), 0);
+	CHECK_EQ_INT(r.broken, 0);
+	CHECK_EQ_INT(scan("data: {\"a\":1}\n\ndata: hello\n", 28, NULL, 0, 4096, &r), 0);
+	CHECK_EQ_INT(r.broken, 1);
 	/* Binary junk, NULs included, then a valid usage line. */
 	char junk[600];
 	for (size_t i = 0; i < 512; i++)

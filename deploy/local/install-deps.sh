@@ -7,7 +7,7 @@ packages=(
 	build-essential cmake pkg-config git
 	librdkafka-dev libevent-dev libjansson-dev libpq-dev libssl-dev
 	postgresql postgresql-client
-	curl openssl wrk jq
+	curl openssl wrk jq python3
 	clang clang-format libclang-rt-14-dev
 )
 

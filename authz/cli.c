@@ -3,17 +3,23 @@
  * from an environment variable or its _FILE. */
 #include "cli.h"
 #include "apikey.h"
+#include "audit.h"
+#include "kafka.h"
 #include "config.h"
 #include "db.h"
 #include "log.h"
 #include "pg.h"
 
 #include <ctype.h>
+#include <event2/event.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+static int admin_audit(const char *type, const char *key_id, const char *principal,
+		       const char *groups);
 
 static const char keys_usage[] =
     "usage: authz keys create --principal P [--groups g1,g2] [--models m1,m2]\n"
@@ -258,6 +264,7 @@ static int keys_create(int argc, char **argv)
 				log_info("API key registered", LS("key_id", id),
 					 LS("principal", k.principal));
 				rc = 0;
+				admin_audit("admin.key_created", id, k.principal, k.groups);
 			} else if (same) {
 				log_info("API key already registered", LS("key_id", id));
 				rc = 0;
@@ -292,10 +299,60 @@ static int keys_create(int argc, char **argv)
 		}
 		log_info("API key created", LS("key_id", id), LS("principal", k.principal));
 		rc = 0;
+		/* The key was shown once and exists: a lost audit event is reported loudly,
+		 * but the exit status stays 0 so the caller keeps the key. */
+		admin_audit("admin.key_created", id, k.principal, k.groups);
 	}
 	OPENSSL_cleanse(key, sizeof key);
 	PQfinish(c);
 	return rc;
+}
+
+/* Emits admin.key_created / admin.key_revoked on gw.audit when GW_KAFKA_BROKERS is set,
+ * through a producer on a private loop, flushed before returning. Returns 0 when
+ * delivered (or Kafka is not configured), -1 otherwise (logged). */
+static int admin_audit(const char *type, const char *key_id, const char *principal,
+		       const char *groups)
+{
+	if (!config_str("GW_KAFKA_BROKERS", NULL)) {
+		log_warn("GW_KAFKA_BROKERS is not set: no admin audit event emitted",
+			 LS("type", type), LS("key_id", key_id));
+		return 0;
+	}
+	audit_set_service("authz");
+	struct event_base *base = event_base_new();
+	struct kafka_producer p;
+	memset(&p, 0, sizeof p);
+	if (!base || kafka_producer_init(&p, base, "authz-admin") != 0) {
+		if (base)
+			event_base_free(base);
+		log_error("cannot start a Kafka producer for the admin audit event",
+			  LS("type", type), LS("key_id", key_id));
+		return -1;
+	}
+	const char *by = getenv("SUDO_USER");
+	if (!by || !*by)
+		by = getenv("USER");
+	json_t *extra =
+	    json_pack("{s:s, s:s}", "key_id", key_id, "requested_by", by && *by ? by : "unknown");
+	struct audit_event ev;
+	audit_event_init(&ev);
+	ev.type = type;
+	ev.outcome = "ok";
+	ev.principal = principal;
+	ev.groups = groups;
+	ev.extra = extra;
+	int rc = audit_emit(&p, &ev, NULL, NULL);
+	json_decref(extra);
+	int left = kafka_producer_close(&p, 10000);
+	event_base_free(base);
+	if (rc != 0 || left != 0 || p.failed != 0) {
+		log_error("admin audit event not delivered to gw.audit", LS("type", type),
+			  LS("key_id", key_id), LI("undelivered", left));
+		return -1;
+	}
+	log_info("admin audit event delivered", LS("type", type), LS("key_id", key_id));
+	return 0;
 }
 
 static int keys_list(int argc, char **argv)
@@ -335,11 +392,15 @@ static int keys_revoke(int argc, char **argv)
 	int rc = db_key_revoke(c, id, principal, sizeof principal);
 	PQfinish(c);
 	switch (rc) {
-	case 0: log_info("API key revoked", LS("key_id", id), LS("principal", principal)); return 0;
+	case 0:
+		log_info("API key revoked", LS("key_id", id), LS("principal", principal));
+		/* Revoking again is harmless, so a lost audit event fails the command: the
+		 * operator reruns it and the event is emitted then. */
+		return admin_audit("admin.key_revoked", id, principal, NULL) == 0 ? 0 : 1;
 	case 1:
 		log_info("API key was already revoked", LS("key_id", id),
 			 LS("principal", principal));
-		return 0;
+		return admin_audit("admin.key_revoked", id, principal, NULL) == 0 ? 0 : 1;
 	case 2: log_error("no such API key", LS("key_id", id)); return 1;
 	default: return 1;
 	}

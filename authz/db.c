@@ -57,6 +57,13 @@ const char DB_SQL_USAGE_UPSERT[] =
     " AS x(principal text, day date, tokens bigint)"
     " ON CONFLICT (principal, day) DO UPDATE SET tokens = u.tokens + EXCLUDED.tokens";
 
+/* Today's and this month's tokens of one principal ($2 = today, UTC). The month is the
+ * sum of its day rows, so no second table has to be kept in step. */
+const char DB_SQL_QUOTA_LOAD[] =
+    "SELECT coalesce(sum(tokens) FILTER (WHERE day = $2::date), 0)::bigint,"
+    " coalesce(sum(tokens), 0)::bigint FROM authz.usage"
+    " WHERE principal = $1 AND day >= date_trunc('month', $2::date)::date AND day <= $2::date";
+
 static int exec_cmd(PGconn *c, const char *sql, int n, const char *const *params, const char *what)
 {
 	PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);

@@ -29,6 +29,8 @@ struct db_page_params {
 
 extern const char DB_SQL_KEYS_PAGE[];
 extern const char DB_SQL_USAGE_UPSERT[];
+/* $1 principal, $2 today (YYYY-MM-DD): one row (day tokens, month tokens). */
+extern const char DB_SQL_QUOTA_LOAD[];
 
 /* Applies migrations (component "authz") and then the grants to role (which must exist:
  * roles are created by the deployment). Returns 0 or -1 (logged). */

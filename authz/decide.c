@@ -56,7 +56,7 @@ void decide(const struct key_cache *c, const void *cred, size_t len, const char 
 		decide_deny_credential(d, "key revoked");
 	} else if (e->expires_ms && now_ms >= e->expires_ms) {
 		decide_deny_credential(d, "key expired");
-	} else if (!keys_model_allowed(e, model ? model : "")) {
+	} else if (model && !keys_model_allowed(e, model)) {
 		char msg[sizeof d->message];
 		snprintf(msg, sizeof msg, "model '%.256s' is not allowed by rule api-key:%s",
 			 model ? model : "", e->id);
@@ -67,4 +67,31 @@ void decide(const struct key_cache *c, const void *cred, size_t len, const char 
 	}
 	d->key = e;
 	snprintf(d->rule, sizeof d->rule, "api-key:%s", e->id);
+}
+
+void decide_identity(const struct key_entry *e, struct identity *id)
+{
+	memset(id, 0, sizeof *id);
+	id->type = CRED_API_KEY;
+	snprintf(id->principal, sizeof id->principal, "%s", e->principal);
+	snprintf(id->groups, sizeof id->groups, "%s", e->groups);
+	snprintf(id->cred_id, sizeof id->cred_id, "%s", e->id);
+	id->expires_ms = e->expires_ms;
+	if (e->nmodels == 0) {
+		snprintf(id->models, sizeof id->models, "*");
+		return;
+	}
+	size_t len = 0;
+	const char *m = e->models;
+	for (int i = 0; i < e->nmodels; i++) {
+		size_t n = strlen(m);
+		/* A list too long for the header keeps its head: narrower, never wider. */
+		if (len + n + 2 > sizeof id->models)
+			break;
+		if (len)
+			id->models[len++] = ',';
+		memcpy(id->models + len, m, n + 1);
+		len += n;
+		m += n + 1;
+	}
 }

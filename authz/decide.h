@@ -5,6 +5,7 @@
 #define GW_AUTHZ_DECIDE_H
 
 #include "keys.h"
+#include "policy.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -22,12 +23,16 @@ struct decision {
 };
 
 /* cred: the unsealed credential (len bytes, not NUL-terminated; an optional "Bearer "
- * prefix is ignored), or NULL when the request carried none. */
+ * prefix is ignored), or NULL when the request carried none. model NULL skips the
+ * key's own model check (serve.c checks the intersection with the policy instead). */
 void decide(const struct key_cache *c, const void *cred, size_t len, const char *model,
 	    int64_t now_ms, struct decision *d);
 
 /* A 401 "invalid API key" with the given audit reason, for failures before decide()
  * (a credential that cannot be unsealed). */
 void decide_deny_credential(struct decision *d, const char *reason);
+
+/* The identity a verified key stands for. */
+void decide_identity(const struct key_entry *e, struct identity *id);
 
 #endif

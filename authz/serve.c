@@ -8,12 +8,17 @@
 #include "db.h"
 #include "decide.h"
 #include "kafka.h"
+#include "fetch.h"
+#include "introspect.h"
+#include "jwt.h"
 #include "keys.h"
+#include "limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "openai.h"
 #include "pg.h"
 #include "pgconn.h"
+#include "policy.h"
 #include "runtime.h"
 #include "seal.h"
 #include "usage.h"
@@ -23,15 +28,23 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #define JANITOR_MS        100
 /* A flush starts early once this many usage messages wait, well below the consumer's
  * per-partition in-flight bound, so gw.usage only pauses while PostgreSQL is down. */
 #define USAGE_EARLY_FLUSH 1024
-#define REQ_FIELDS        (GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL)
+#define GW_H_RETRY_AFTER  "gw-retry-after" /* seconds; ingress turns it into Retry-After */
+#define GW_ROUTE_WHOAMI   "/resource_server/whoami"
+/* gw-model is required too, except on the routes without a model. */
+#define REQ_FIELDS        (GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE)
 
 struct authz;
 
@@ -44,6 +57,15 @@ struct req_work {
 	struct req_work *prev, *next;
 };
 
+/* A request parked until its token's introspection answers: owns msg and a copy of its
+ * metadata (without the sealed credential). Freed when it resumes, or at shutdown. */
+struct held_req {
+	struct req_work *rw;
+	rd_kafka_message_t *msg;
+	struct gw_meta meta;
+	struct held_req *prev, *next;
+};
+
 /* One gw.usage message counted in memory: malloc'd on arrival, released (and freed)
  * once the flush that covers its tokens has committed. */
 struct usage_work {
@@ -54,8 +76,33 @@ struct usage_work {
 
 struct authz_config {
 	long long max_keys, refresh_ms, flush_ms, usage_max, db_timeout_ms, stop_timeout_ms;
-	long long fetch_wait_ms;
+	long long fetch_wait_ms, max_principals, max_slots, leeway_s;
 	const char *group;
+	const char *policy_file, *jwks_file, *jwks_url, *intro_url, *intro_client_id;
+	long long jwks_refresh_s;
+	long long intro_timeout_ms, intro_max;
+	const char *jwt_issuer, *jwt_audience, *jwt_principal_claim, *jwt_groups_claim,
+	    *jwt_idp_claim, *jwt_policies_claim;
+};
+
+/* The outcome of one request's checks. Plain value type. */
+struct verdict {
+	int status;         /* 0 = allowed */
+	const char *reason; /* for the audit event (static or reason_buf) */
+	const char *type, *code;
+	char message[384];
+	char rule[128];
+	int64_t retry_after_s; /* 429 only */
+	char limit[32];
+	char reason_buf[256];
+};
+
+/* A watched configuration file: reloaded on SIGHUP and when its mtime or size changes. */
+struct watched_file {
+	const char *path; /* from the environment; NULL = not configured */
+	time_t mtime;
+	long mtime_ns;
+	off_t size;
 };
 
 /* The service; one per process, heap-allocated by serve_main, owns everything here. */
@@ -69,6 +116,24 @@ struct authz {
 	struct key_cache keys;
 	struct db_cursor cursor;
 	struct usage_table usage;
+	struct limiter lim;
+	struct policy *policy; /* never NULL while serving; replaced whole on reload */
+	struct watched_file policy_watch, jwks_watch;
+	struct jwks jwks;
+	struct jwt_config jwt;
+	char *hs256_secret;
+	size_t hs256_len;
+	int jwt_enabled;
+	struct introspect *intro;   /* NULL unless GW_INTROSPECTION_URL is set */
+	struct fetcher *jwks_fetch; /* NULL unless GW_JWKS_URL is set */
+	int jwks_loaded;
+	int64_t jwks_kid_fetch_ms, jwks_next_fetch_ms; /* last unknown-kid refetch, next refresh */
+	struct held_req *held;
+	long nheld;
+	struct lim_entry *quota_loading; /* the principal whose quota query is under way */
+	int64_t quota_committed;
+	char quota_principal[256], quota_day_str[16];
+	int64_t next_watch_ms;
 	unsigned char seal_key[SEAL_KEY_LEN];
 	struct event janitor;
 	int janitor_added;
@@ -87,8 +152,13 @@ struct authz {
 	int64_t stop_deadline_ms;
 	int exit_code;
 	struct metric *m_allowed, *m_denied, *m_expired, *m_error, *m_db_up, *m_tokens;
+	struct metric *m_limited, *m_slots_expired, *m_reload_ok, *m_reload_bad;
 	/* Scratch for the message being handled (large: kept off the stack). */
 	struct gw_meta in, out;
+	struct identity id;
+	char models[2048];
+	const char *intro_tok; /* into the unsealed credential, during handle_request only */
+	size_t intro_len;
 };
 
 static void db_schedule(struct authz *a);
@@ -163,24 +233,23 @@ static void req_release(struct kafka_work *w)
 	free(rw);
 }
 
-static void send_denial(struct authz *a, struct req_work *rw, const struct decision *d)
+/* Produces one non-streamed answer (a denial or the whoami answer) on gw.replies. */
+static void send_reply(struct authz *a, struct req_work *rw, int status, const char *body,
+		       int64_t retry_after_s)
 {
 	const struct gw_meta *in = &a->in;
-	char *body = openai_error_json(d->message, d->type, d->code, in->id);
-	if (!body) {
-		log_error("cannot build the denial body", LS("request_id", in->id));
-		rw->w.failed = 1;
-		return;
-	}
 	struct gw_meta *o = &a->out;
 	meta_clear(o);
 	memcpy(o->id, in->id, sizeof o->id);
-	o->status = d->status;
+	o->status = status;
 	o->seq = 0;
 	o->final = 1;
 	snprintf(o->ctype, sizeof o->ctype, "application/json");
 	rd_kafka_headers_t *h = rd_kafka_headers_new(8);
-	if (wire_encode(o, GW_F_ID | GW_F_STATUS | GW_F_SEQ | GW_F_FINAL | GW_F_CTYPE, h) != 0) {
+	char ra[24];
+	int n = snprintf(ra, sizeof ra, "%lld", (long long)retry_after_s);
+	if (wire_encode(o, GW_F_ID | GW_F_STATUS | GW_F_SEQ | GW_F_FINAL | GW_F_CTYPE, h) != 0 ||
+	    (retry_after_s > 0 && rd_kafka_header_add(h, GW_H_RETRY_AFTER, -1, ra, n) != 0)) {
 		log_error("cannot encode reply headers", LS("request_id", in->id));
 		rd_kafka_headers_destroy(h);
 		rw->w.failed = 1;
@@ -189,14 +258,56 @@ static void send_denial(struct authz *a, struct req_work *rw, const struct decis
 		/* Logged by kafka_produce; the unacknowledged output keeps the offset. */
 		rw->w.failed = 1;
 	}
+}
+
+static void send_denial(struct authz *a, struct req_work *rw, const struct verdict *v)
+{
+	const struct gw_meta *in = &a->in;
+	char *body = openai_error_json(v->message, v->type, v->code, in->id);
+	if (body && v->retry_after_s > 0) {
+		/* Clients that cannot see headers still learn when to come back. */
+		json_t *root = json_loads(body, 0, NULL);
+		json_t *err = root ? json_object_get(root, "error") : NULL;
+		char *with = NULL;
+		if (err &&
+		    json_object_set_new(err, "retry_after_s", json_integer(v->retry_after_s)) == 0)
+			with = json_dumps(root, JSON_COMPACT);
+		json_decref(root);
+		if (with) {
+			free(body);
+			body = with;
+		}
+	}
+	if (!body) {
+		log_error("cannot build the denial body", LS("request_id", in->id));
+		rw->w.failed = 1;
+		return;
+	}
+	send_reply(a, rw, v->status, body, v->retry_after_s);
 	free(body);
+}
+
+static void deny(struct verdict *v, int status, const char *reason, const char *code,
+		 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void deny(struct verdict *v, int status, const char *reason, const char *code,
+		 const char *fmt, ...)
+{
+	v->status = status;
+	v->reason = reason;
+	v->type = openai_error_type(status);
+	v->code = code;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(v->message, sizeof v->message, fmt, ap);
+	va_end(ap);
 }
 
 /* Returns 0, or -1 when the identity does not fit the headers (the caller answers 500). */
 static int send_authorized(struct authz *a, struct req_work *rw, const rd_kafka_message_t *msg,
-			   const struct decision *d)
+			   const struct verdict *v)
 {
 	const struct gw_meta *in = &a->in;
+	const struct identity *id = &a->id;
 	struct gw_meta *o = &a->out;
 	meta_clear(o);
 	memcpy(o->id, in->id, sizeof o->id);
@@ -206,17 +317,21 @@ static int send_authorized(struct authz *a, struct req_work *rw, const rd_kafka_
 	memcpy(o->model, in->model, sizeof o->model);
 	o->stream = in->stream;
 	memcpy(o->client, in->client, sizeof o->client);
+	memcpy(o->cluster, in->cluster, sizeof o->cluster);
+	memcpy(o->framework, in->framework, sizeof o->framework);
 	unsigned f = REQ_FIELDS | GW_F_STREAM | GW_F_PRINCIPAL | GW_F_GROUPS | GW_F_RULE |
-		     (in->present & GW_F_CLIENT);
-	size_t pl = strlen(d->key->principal), gl = strlen(d->key->groups);
-	if (pl >= sizeof o->principal || gl >= sizeof o->groups) {
-		log_error("principal or groups too long for the gw.authorized headers",
-			  LS("request_id", in->id), LS("key_id", d->key->id));
+		     GW_F_MODELS |
+		     (in->present & (GW_F_MODEL | GW_F_CLIENT | GW_F_CLUSTER | GW_F_FRAMEWORK));
+	size_t pl = strlen(id->principal), gl = strlen(id->groups), ml = strlen(a->models);
+	if (pl >= sizeof o->principal || gl >= sizeof o->groups || ml >= sizeof o->models) {
+		log_error("principal, groups or models too long for the gw.authorized headers",
+			  LS("request_id", in->id), LS("cred_id", id->cred_id));
 		return -1;
 	}
-	memcpy(o->principal, d->key->principal, pl + 1);
-	memcpy(o->groups, d->key->groups, gl + 1);
-	snprintf(o->rule, sizeof o->rule, "%s", d->rule);
+	memcpy(o->principal, id->principal, pl + 1);
+	memcpy(o->groups, id->groups, gl + 1);
+	memcpy(o->models, a->models, ml + 1);
+	snprintf(o->rule, sizeof o->rule, "%.127s", v->rule);
 	/* gw-hint: the gw.requests key, so the dispatcher keys gw.usage the same way. */
 	if (msg->key_len > 0 && msg->key_len < sizeof o->hint) {
 		memcpy(o->hint, msg->key, msg->key_len);
@@ -228,7 +343,7 @@ static int send_authorized(struct authz *a, struct req_work *rw, const rd_kafka_
 		log_warn("request has no usable principal hint key: gw-hint omitted",
 			 LS("request_id", in->id), LI("partition", msg->partition),
 			 LI("offset", msg->offset));
-	rd_kafka_headers_t *h = rd_kafka_headers_new(16);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(20);
 	if (wire_encode(o, f, h) != 0) {
 		log_error("cannot encode gw.authorized headers", LS("request_id", in->id));
 		rd_kafka_headers_destroy(h);
@@ -241,11 +356,16 @@ static int send_authorized(struct authz *a, struct req_work *rw, const rd_kafka_
 	return 0;
 }
 
+static const char *cred_type_name(enum cred_type t)
+{
+	return t == CRED_JWT ? "jwt" : t == CRED_INTROSPECTION ? "introspection" : "api_key";
+}
+
 static void audit_decision(struct authz *a, struct req_work *rw, const rd_kafka_message_t *msg,
-			   const char *outcome, int status, const char *reason,
-			   const struct decision *d)
+			   const char *outcome, const struct verdict *v, int authenticated)
 {
 	const struct gw_meta *in = &a->in;
+	const struct identity *id = &a->id;
 	char body_sha[65];
 	sha256_hex(msg->payload, msg->len, body_sha);
 	struct audit_event ev;
@@ -253,24 +373,373 @@ static void audit_decision(struct authz *a, struct req_work *rw, const rd_kafka_
 	ev.type = "authz.decision";
 	ev.request_id = in->id;
 	ev.outcome = outcome;
-	ev.status = status;
-	ev.reason = reason;
-	if (d && d->key) {
-		ev.principal = d->key->principal;
-		ev.groups = d->key->groups;
+	ev.status = v ? v->status : 0;
+	ev.reason = v ? v->reason : "deadline passed";
+	if (authenticated) {
+		ev.principal = id->principal;
+		ev.groups = id->groups;
+		ev.idp = id->idp[0] ? id->idp : NULL;
 	}
 	ev.client = (in->present & GW_F_CLIENT) ? in->client : NULL;
 	ev.route = in->route;
-	ev.model = in->model;
+	ev.model = in->model[0] ? in->model : NULL;
 	ev.body_sha256 = body_sha[0] ? body_sha : NULL;
 	ev.body_size = (long long)msg->len;
-	json_t *extra = NULL;
-	if (d && d->rule[0])
-		extra = json_pack("{s:s, s:s}", "rule", d->rule, "key_id", d->key->id);
-	ev.extra = extra;
+	json_t *extra = json_object();
+	if (extra && v && v->rule[0])
+		json_object_set_new(extra, "rule", json_string(v->rule));
+	if (extra && authenticated) {
+		json_object_set_new(extra, "credential", json_string(cred_type_name(id->type)));
+		if (id->cred_id[0])
+			json_object_set_new(extra, id->type == CRED_API_KEY ? "key_id" : "cred_id",
+					    json_string(id->cred_id));
+	}
+	if (extra && v && v->limit[0]) {
+		json_object_set_new(extra, "limit", json_string(v->limit));
+		json_object_set_new(extra, "retry_after_s", json_integer(v->retry_after_s));
+	}
+	ev.extra = extra && json_object_size(extra) ? extra : NULL;
 	if (audit_emit(&a->prod, &ev, &rw->w, NULL) != 0)
 		rw->w.failed = 1;
 	json_decref(extra);
+}
+
+/* Routes answered from the catalogue, not a model: no model check (docs/CONTRACT.md). */
+static int route_without_model(const char *route)
+{
+	return strcmp(route, "/v1/models") == 0 ||
+	       strcmp(route, "/resource_server/list-endpoints") == 0 ||
+	       strcmp(route, "/resource_server/jobs") == 0 || strcmp(route, GW_ROUTE_WHOAMI) == 0;
+}
+
+/* A token naming an unknown kid refetches the JWKS URL at most this often. */
+#define JWKS_UNKNOWN_KID_REFETCH_MS 30000
+
+static void jwks_fetch_start(struct authz *a, int64_t now, const char *why)
+{
+	a->jwks_next_fetch_ms = now + a->cfg.jwks_refresh_s * 1000;
+	if (fetch_start(a->jwks_fetch) == 0)
+		log_info("fetching the JWKS", LS("url", a->cfg.jwks_url), LS("why", why));
+}
+
+static void on_jwks_fetched(void *arg, int status, const char *body, size_t len)
+{
+	struct authz *a = arg;
+	char err[256];
+	struct jwks k;
+	int skipped = 0;
+	if (status != 200) {
+		log_error("JWKS fetch failed: keeping the keys in force",
+			  LS("url", a->cfg.jwks_url), LI("status", status));
+		metric_add(a->m_reload_bad, 1);
+		/* Retry sooner than the regular refresh while no keys were ever loaded. */
+		if (!a->jwks_loaded)
+			a->jwks_next_fetch_ms = wire_now_ms() + 5000;
+		return;
+	}
+	if (jwks_parse(body, len, &k, &skipped, err, sizeof err) != 0) {
+		log_error("fetched JWKS rejected: keeping the keys in force",
+			  LS("url", a->cfg.jwks_url), LS("error", err));
+		metric_add(a->m_reload_bad, 1);
+		return;
+	}
+	jwks_free(&a->jwks);
+	a->jwks = k;
+	a->jwks_loaded = 1;
+	metric_add(a->m_reload_ok, 1);
+	log_info("JWKS loaded", LS("url", a->cfg.jwks_url), LI("keys", a->jwks.n),
+		 LI("skipped", skipped));
+}
+
+/* Who the credential belongs to. Returns 0 with a->id filled, else -1 with v a 401. */
+static int authenticate(struct authz *a, const unsigned char *cred, size_t len, int64_t now,
+			struct verdict *v)
+{
+	memset(&a->id, 0, sizeof a->id);
+	if (!cred || len == 0) {
+		deny(v, 401, "no credential", "missing_api_key",
+		     "missing credential: send Authorization: Bearer <API key or token>");
+		return -1;
+	}
+	const char *k = (const char *)cred;
+	if (len > 7 && strncasecmp(k, "Bearer ", 7) == 0) {
+		k += 7;
+		len -= 7;
+	}
+	if (jwt_looks_like(k, len)) {
+		if (!a->jwt_enabled) {
+			deny(v, 401, "JWT not configured", "invalid_token",
+			     "bearer tokens (JWT) are not accepted by this gateway");
+			return -1;
+		}
+		char msg[256], kid[128];
+		enum jwt_result r =
+		    jwt_verify(&a->jwt, &a->jwks, k, len, now, &a->id, msg, sizeof msg, kid);
+		if (r == JWT_UNKNOWN_KID && a->jwks_fetch &&
+		    now - a->jwks_kid_fetch_ms >= JWKS_UNKNOWN_KID_REFETCH_MS) {
+			a->jwks_kid_fetch_ms = now;
+			jwks_fetch_start(a, now, "a token names an unknown key id");
+		}
+		if (r != JWT_OK) {
+			snprintf(v->reason_buf, sizeof v->reason_buf, "JWT: %.240s", msg);
+			deny(v, 401, v->reason_buf, "invalid_token", "invalid token: %s", msg);
+			return -1;
+		}
+		snprintf(v->rule, sizeof v->rule, "jwt:%.100s",
+			 a->jwt.issuer ? a->jwt.issuer : "*");
+		return 0;
+	}
+	char kid[APIKEY_ID_HEX + 1];
+	if (a->intro && apikey_parse_n(k, len, kid) != 0) {
+		/* An opaque token: the caller asks the introspection endpoint. */
+		a->intro_tok = k;
+		a->intro_len = len;
+		return -2;
+	}
+	struct decision d;
+	decide(&a->keys, k, len, NULL, now, &d);
+	if (!d.allowed) {
+		deny(v, d.status, d.reason, d.code, "%s", d.message);
+		if (d.key) /* possession proven: the audit may say whose key it was */
+			decide_identity(d.key, &a->id);
+		return -1;
+	}
+	decide_identity(d.key, &a->id);
+	snprintf(v->rule, sizeof v->rule, "%s", d.rule);
+	return 0;
+}
+
+/* The whoami answer (docs/CONTRACT.md): who the caller is, never the credential. */
+static char *whoami_json(const struct identity *id, const char *models)
+{
+	json_t *groups = json_array(), *ml = json_array();
+	for (int pass = 0; pass < 2; pass++) {
+		const char *s = pass ? models : id->groups;
+		json_t *arr = pass ? ml : groups;
+		while (s && *s) {
+			const char *e = strchr(s, ',');
+			size_t n = e ? (size_t)(e - s) : strlen(s);
+			json_array_append_new(arr, json_stringn(s, n));
+			if (!e)
+				break;
+			s = e + 1;
+		}
+	}
+	json_t *exp = json_null();
+	if (id->expires_ms > 0) {
+		char ts[32];
+		time_t t = (time_t)(id->expires_ms / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		exp = json_string(ts);
+	}
+	json_t *root =
+	    json_pack("{s:s, s:o, s:s?, s:{s:s, s:s, s:o}, s:o}", "principal", id->principal,
+		      "groups", groups, "idp", id->idp[0] ? id->idp : NULL, "credential", "type",
+		      cred_type_name(id->type), "id", id->cred_id, "expires_at", exp, "models", ml);
+	char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;
+	json_decref(root);
+	return s;
+}
+
+/* Policy, models and limits for an authenticated identity. Returns 0 when allowed. */
+static int authorize(struct authz *a, int64_t now, struct verdict *v)
+{
+	const struct gw_meta *in = &a->in;
+	const struct identity *id = &a->id;
+	char rule[64];
+	if (policy_admit(a->policy, id, rule, sizeof rule, v->message, sizeof v->message) != 0) {
+		snprintf(v->reason_buf, sizeof v->reason_buf, "policy: %s", rule);
+		char msg[sizeof v->message];
+		snprintf(msg, sizeof msg, "%s", v->message);
+		snprintf(v->rule, sizeof v->rule, "policy:%s", rule);
+		deny(v, 403, v->reason_buf, "policy_denied", "%s (rule policy:%s)", msg, rule);
+		return -1;
+	}
+	if (policy_models_for(a->policy, id, a->models, sizeof a->models) != 0) {
+		deny(v, 500, "allowed models do not fit the header", NULL,
+		     "internal error in authorization");
+		return -1;
+	}
+	if (!route_without_model(in->route) && !policy_list_has(a->models, in->model)) {
+		deny(v, 403, "model not allowed", "model_not_allowed",
+		     "model '%.200s' is not allowed for principal '%.100s' (rule %s)", in->model,
+		     id->principal,
+		     id->models[0] && strcmp(id->models, "*") ? v->rule : "policy:models_by_group");
+		return -1;
+	}
+	if (strcmp(in->route, GW_ROUTE_WHOAMI) == 0)
+		return 0; /* answered here; not counted against the limits */
+	struct lim_refusal r;
+	int64_t day_tokens = usage_tokens(&a->usage, id->principal, usage_day(now));
+	int rc =
+	    limiter_admit(&a->lim, a->policy, id, in->id, in->deadline_ms, now, day_tokens, &r);
+	if (rc < 0) {
+		deny(v, 503, "limit tables full", NULL,
+		     "authorization is overloaded, retry shortly");
+		v->retry_after_s = 1;
+		return -1;
+	}
+	if (rc > 0) {
+		snprintf(v->reason_buf, sizeof v->reason_buf, "limit %s (%.150s): %lld of %lld",
+			 r.limit, r.scope, (long long)r.value, (long long)r.max);
+		snprintf(v->limit, sizeof v->limit, "%s", r.limit);
+		deny(v, 429, v->reason_buf, "rate_limit_exceeded",
+		     "limit %s (%.200s) reached: %lld of %lld; retry after %lld s", r.limit,
+		     r.scope, (long long)r.value, (long long)r.max, (long long)r.retry_after_s);
+		v->retry_after_s = r.retry_after_s;
+		return -1;
+	}
+	return 0;
+}
+
+/* The rest of a request once authentication is settled (rc 0 = authenticated, -1 =
+ * denied in v): authorization, the answer, the audit event; then the work is released
+ * and msg freed. a->in holds the request's metadata. */
+static void finish_request(struct authz *a, struct req_work *rw, rd_kafka_message_t *msg, int rc,
+			   struct verdict *vp, int64_t now)
+{
+	struct gw_meta *in = &a->in;
+	struct verdict v = *vp;
+	int authed = rc == 0 || a->id.principal[0];
+	if (rc == 0)
+		rc = authorize(a, now, &v);
+
+	if (rc == 0 && strcmp(in->route, GW_ROUTE_WHOAMI) == 0) {
+		char *body = whoami_json(&a->id, a->models);
+		if (body) {
+			v.reason = "whoami answered";
+			send_reply(a, rw, 200, body, 0);
+			audit_decision(a, rw, msg, "allowed", &v, 1);
+			metric_add(a->m_allowed, 1);
+			free(body);
+			goto done;
+		}
+		deny(&v, 500, "cannot build the whoami answer", NULL, "internal error");
+		rc = -1;
+	}
+	if (rc == 0) {
+		v.reason = a->id.type == CRED_API_KEY ? "api key valid" : "token valid";
+		if (send_authorized(a, rw, msg, &v) == 0) {
+			audit_decision(a, rw, msg, "allowed", &v, 1);
+			metric_add(a->m_allowed, 1);
+			goto done;
+		}
+		/* The identity cannot be carried downstream: answer 500, audit an error. */
+		limiter_usage(&a->lim, in->id, a->id.principal, 0, now);
+		deny(&v, 500, "identity does not fit the gw.authorized headers", NULL,
+		     "internal error in authorization");
+	}
+	send_denial(a, rw, &v);
+	audit_decision(a, rw, msg, v.status >= 500 ? "error" : "denied", &v, authed);
+	metric_add(v.status >= 500 ? a->m_error : v.status == 429 ? a->m_limited : a->m_denied, 1);
+done:
+	kafka_work_release(&rw->w); /* may free rw */
+	rd_kafka_message_destroy(msg);
+}
+
+static void held_unlink(struct authz *a, struct held_req *h)
+{
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		a->held = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	a->nheld--;
+}
+
+static void free_held(struct authz *a)
+{
+	/* Their work was never released: the offsets stay uncommitted and the next owner
+	 * of the partition decides these requests again. */
+	while (a->held) {
+		struct held_req *h = a->held;
+		a->held = h->next;
+		rd_kafka_message_destroy(h->msg);
+		free(h);
+	}
+	a->nheld = 0;
+}
+
+/* The introspection answer for a parked request: resume it where it stopped. */
+static void on_introspected(void *waiter, enum introspect_answer ans, const struct identity *id,
+			    const char *why)
+{
+	struct held_req *h = waiter;
+	struct authz *a = h->rw->a;
+	held_unlink(a, h);
+	memcpy(&a->in, &h->meta, sizeof a->in);
+	struct verdict v;
+	memset(&v, 0, sizeof v);
+	memset(&a->id, 0, sizeof a->id);
+	int rc = -1;
+	if (ans == INTRO_OK) {
+		a->id = *id;
+		snprintf(v.rule, sizeof v.rule, "introspection");
+		rc = 0;
+	} else if (ans == INTRO_DENIED) {
+		deny(&v, 401, "introspection: token not active", "invalid_token",
+		     "invalid token: %s", why ? why : "token is not active");
+	} else {
+		deny(&v, 503, "introspection unavailable", "introspection_unavailable",
+		     "the identity provider cannot be reached to check this token; retry shortly");
+		v.retry_after_s = 5;
+	}
+	int64_t now = wire_now_ms();
+	if (a->in.deadline_ms <= now) {
+		audit_decision(a, h->rw, h->msg, "expired", NULL, rc == 0);
+		metric_add(a->m_expired, 1);
+		kafka_work_release(&h->rw->w);
+		rd_kafka_message_destroy(h->msg);
+	} else {
+		finish_request(a, h->rw, h->msg, rc, &v, now);
+	}
+	free(h);
+}
+
+/* Looks the opaque token up. Returns 1 when the request was parked, else 0 (a->id
+ * filled) or -1 (v says why). */
+static int introspect_start(struct authz *a, struct req_work *rw, rd_kafka_message_t *msg,
+			    int64_t now, struct verdict *v)
+{
+	if (a->intro_len > INTROSPECT_TOKEN_MAX) {
+		deny(v, 401, "token too large", "invalid_token", "invalid token: too large");
+		return -1;
+	}
+	struct held_req *h = malloc(sizeof *h);
+	if (!h) {
+		deny(v, 503, "out of memory", NULL, "authorization is overloaded, retry shortly");
+		return -1;
+	}
+	h->rw = rw;
+	h->msg = msg;
+	int r = introspect_lookup(a->intro, a->intro_tok, a->intro_len, now, h, &a->id);
+	if (r == -1) {
+		memcpy(&h->meta, &a->in, sizeof h->meta);
+		h->prev = NULL;
+		h->next = a->held;
+		if (a->held)
+			a->held->prev = h;
+		a->held = h;
+		a->nheld++;
+		return 1;
+	}
+	free(h);
+	if (r == INTRO_OK) {
+		snprintf(v->rule, sizeof v->rule, "introspection");
+		return 0;
+	}
+	if (r == INTRO_DENIED) {
+		deny(v, 401, "introspection: token not active (cached)", "invalid_token",
+		     "invalid token: token is not active");
+		return -1;
+	}
+	deny(v, 503, "introspection unavailable", "introspection_unavailable",
+	     "the identity provider cannot be reached to check this token; retry shortly");
+	v->retry_after_s = 5;
+	return -1;
 }
 
 static void handle_request(struct authz *a, rd_kafka_message_t *msg)
@@ -295,7 +764,10 @@ static void handle_request(struct authz *a, rd_kafka_message_t *msg)
 
 	struct gw_meta *in = &a->in;
 	const char *why = NULL;
-	if (wire_decode(msg, REQ_FIELDS, in, &why) != 0) {
+	if (wire_decode(msg, REQ_FIELDS, in, &why) == 0 && !(in->present & GW_F_MODEL) &&
+	    !route_without_model(in->route))
+		why = "missing gw-model";
+	if (why) {
 		/* The dead letter keeps everything but the sealed credential. */
 		rd_kafka_headers_t *hdrs = NULL;
 		if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
@@ -307,46 +779,38 @@ static void handle_request(struct authz *a, rd_kafka_message_t *msg)
 	int64_t now = wire_now_ms();
 	if (in->deadline_ms <= now) {
 		/* Ingress already answered 504: audit only. */
-		audit_decision(a, rw, msg, "expired", 0, "deadline passed", NULL);
+		memset(&a->id, 0, sizeof a->id);
+		audit_decision(a, rw, msg, "expired", NULL, 0);
 		metric_add(a->m_expired, 1);
 		goto done;
 	}
 
-	struct decision d;
+	struct verdict v;
+	memset(&v, 0, sizeof v);
 	unsigned char plain[GW_CRED_MAX];
 	size_t plen = 0;
-	if (!(in->present & GW_F_CRED))
-		decide(&a->keys, NULL, 0, in->model, now, &d);
-	else if (seal_decrypt(a->seal_key, in->cred, in->cred_len, in->id, plain, sizeof plain,
-			      &plen) != 0)
-		decide_deny_credential(&d, "credential cannot be unsealed");
-	else
-		decide(&a->keys, plain, plen, in->model, now, &d);
-	OPENSSL_cleanse(plain, plen);
-	OPENSSL_cleanse(in->cred, in->cred_len);
-
-	if (d.allowed) {
-		if (send_authorized(a, rw, msg, &d) == 0) {
-			audit_decision(a, rw, msg, "allowed", 0, d.reason, &d);
-			metric_add(a->m_allowed, 1);
-			goto done;
-		}
-		/* The identity cannot be carried downstream: answer 500, audit an error. */
-		struct decision e = d;
-		e.allowed = 0;
-		e.status = 500;
-		e.type = "server_error";
-		e.code = NULL;
-		e.reason = "identity does not fit the gw.authorized headers";
-		snprintf(e.message, sizeof e.message, "internal error in authorization");
-		send_denial(a, rw, &e);
-		audit_decision(a, rw, msg, "error", e.status, e.reason, &e);
-		metric_add(a->m_error, 1);
-		goto done;
+	int rc;
+	if (!(in->present & GW_F_CRED)) {
+		rc = authenticate(a, NULL, 0, now, &v);
+	} else if (seal_decrypt(a->seal_key, in->cred, in->cred_len, in->id, plain, sizeof plain,
+				&plen) != 0) {
+		deny(&v, 401, "credential cannot be unsealed", "invalid_api_key",
+		     "invalid API key");
+		rc = -1;
+	} else {
+		rc = authenticate(a, plain, plen, now, &v);
 	}
-	send_denial(a, rw, &d);
-	audit_decision(a, rw, msg, "denied", d.status, d.reason, &d);
-	metric_add(a->m_denied, 1);
+	OPENSSL_cleanse(in->cred, in->cred_len);
+	in->cred_len = 0;
+	if (rc == -2) {
+		rc = introspect_start(a, rw, msg, now, &v);
+		OPENSSL_cleanse(plain, plen);
+		if (rc == 1)
+			return; /* parked: resumed by on_introspected */
+	}
+	OPENSSL_cleanse(plain, plen);
+	finish_request(a, rw, msg, rc, &v, now);
+	return;
 done:
 	kafka_work_release(&rw->w); /* may free rw */
 	rd_kafka_message_destroy(msg);
@@ -359,10 +823,16 @@ static void usage_release(struct kafka_work *w)
 	free((struct usage_work *)w);
 }
 
-/* Principal and total_tokens of a gw.usage value; -1 when malformed. */
-static int usage_parse(const rd_kafka_message_t *msg, char *principal, size_t cap, int64_t *tokens)
+/* Principal, total_tokens and request_id (optional, "" when absent) of a gw.usage value;
+ * -1 when malformed. */
+static int usage_parse(const rd_kafka_message_t *msg, char *principal, size_t cap, int64_t *tokens,
+		       char request_id[GW_ID_HEX + 1])
 {
 	json_t *root = json_loadb(msg->payload ? msg->payload : "", msg->len, 0, NULL);
+	const char *rid = root ? json_string_value(json_object_get(root, "request_id")) : NULL;
+	request_id[0] = 0;
+	if (rid && wire_id_valid(rid))
+		memcpy(request_id, rid, GW_ID_HEX + 1);
 	const char *p = root ? json_string_value(json_object_get(root, "principal")) : NULL;
 	json_t *t = root ? json_object_get(root, "total_tokens") : NULL;
 	int rc = -1;
@@ -394,10 +864,10 @@ static void handle_usage(struct authz *a, rd_kafka_message_t *msg)
 		return;
 	}
 	const char *why = NULL;
-	char principal[256];
+	char principal[256], rid[GW_ID_HEX + 1];
 	int64_t tokens = 0;
 	if (wire_decode(msg, GW_F_ID, &a->in, &why) == 0 &&
-	    usage_parse(msg, principal, sizeof principal, &tokens) != 0)
+	    usage_parse(msg, principal, sizeof principal, &tokens, rid) != 0)
 		why = "invalid usage JSON";
 	if (why) {
 		if (wire_deadletter(&a->prod, msg, why, &uw->w) != 0)
@@ -420,6 +890,9 @@ static void handle_usage(struct authz *a, rd_kafka_message_t *msg)
 	}
 	a->usage_full_logged = 0;
 	metric_add(a->m_tokens, (double)tokens);
+	/* The request ended: its concurrency slot frees, its tokens enter the minute
+	 * windows. The usage's request id is the gw-id of the request (header or JSON). */
+	limiter_usage(&a->lim, rid[0] ? rid : a->in.id, principal, tokens, wire_now_ms());
 	/* The arrival hold stays until the flush that covers these tokens commits. */
 	uw->next = a->usage_wait;
 	a->usage_wait = uw;
@@ -554,6 +1027,55 @@ static int start_flush(struct authz *a)
 	return 1;
 }
 
+static void on_quota_loaded(void *arg, PGresult *res, const char *error)
+{
+	struct authz *a = arg;
+	struct lim_entry *e = a->quota_loading;
+	a->quota_loading = NULL;
+	int ok = res && PQntuples(res) == 1 && PQnfields(res) == 2;
+	if (!res)
+		db_state(a, 0, error);
+	else
+		db_state(a, 1, NULL);
+	if (e) {
+		int64_t day = ok ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+		int64_t month = ok ? strtoll(PQgetvalue(res, 0, 1), NULL, 10) : 0;
+		limiter_loaded(&a->lim, e, ok, day, month, a->quota_committed);
+		if (ok)
+			log_debug("quota totals loaded", LS("principal", e->name), LI("day", day),
+				  LI("month", month));
+	}
+	db_schedule(a);
+}
+
+/* Returns 1 when a quota load was started. */
+static int start_quota_load(struct authz *a)
+{
+	struct lim_entry *e = limiter_next_load(&a->lim);
+	if (!e)
+		return 0;
+	int64_t now = wire_now_ms();
+	int32_t day = usage_day(now);
+	/* The connection runs one query at a time, so what this copy has committed now is
+	 * exactly its share of what the query will read. */
+	a->quota_committed = usage_committed(&a->usage, e->name, day);
+	e->quota_day = day;
+	time_t t = (time_t)(now / 1000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(a->quota_day_str, sizeof a->quota_day_str, "%Y-%m-%d", &tm);
+	snprintf(a->quota_principal, sizeof a->quota_principal, "%s", e->name);
+	const char *params[] = {a->quota_principal, a->quota_day_str};
+	a->quota_loading = e;
+	if (pgconn_query(&a->db, DB_SQL_QUOTA_LOAD, 2, params, on_quota_loaded, a) != 0) {
+		log_error("cannot queue the quota load", LS("principal", e->name));
+		a->quota_loading = NULL;
+		limiter_loaded(&a->lim, e, 0, 0, 0, 0);
+		return 0;
+	}
+	return 1;
+}
+
 static void start_refresh_page(struct authz *a)
 {
 	struct db_page_params p;
@@ -585,13 +1107,19 @@ static void db_schedule(struct authz *a)
 		start_refresh_page(a);
 		return;
 	}
-	if (flush_due && start_flush(a))
-		return;
+	/* Revocations first (they must reach the cache within a second), then the usage,
+	 * then quota loads (decisions use memory meanwhile). */
 	if (now >= a->next_refresh_ms) {
 		db_cursor_pass(&a->cursor);
 		a->refreshing = 1;
 		start_refresh_page(a);
+		return;
 	}
+	if (flush_due && start_flush(a))
+		return;
+	/* While the database is down, loads wait for the next refresh to find it back. */
+	if (a->db_up)
+		start_quota_load(a);
 }
 
 /* ---- janitor, readiness, shutdown ---- */
@@ -617,6 +1145,9 @@ static void finish_stop(struct authz *a)
 		kafka_consumer_close(&a->cons);
 		a->cons_up = 0;
 	}
+	free_held(a);
+	introspect_free(a->intro);
+	a->intro = NULL;
 	/* What the broker never acknowledged is freed without storing an offset. */
 	while (a->reqs) {
 		struct req_work *rw = a->reqs;
@@ -654,15 +1185,138 @@ static void stop_tick(struct authz *a, int64_t now)
 	finish_stop(a);
 }
 
+/* 1 when the file changed since the last look (or cannot be seen: the load says why). */
+static int watch_changed(struct watched_file *wf)
+{
+	struct stat st;
+	if (!wf->path)
+		return 0;
+	if (stat(wf->path, &st) != 0)
+		return wf->mtime != 0 || wf->size != -1 ? (wf->mtime = 0, wf->size = -1, 1) : 0;
+	if (st.st_mtim.tv_sec == wf->mtime && st.st_mtim.tv_nsec == wf->mtime_ns &&
+	    st.st_size == wf->size)
+		return 0;
+	wf->mtime = st.st_mtim.tv_sec;
+	wf->mtime_ns = st.st_mtim.tv_nsec;
+	wf->size = st.st_size;
+	return 1;
+}
+
+/* Loads GW_POLICY_FILE; a bad file keeps the policy in force. Returns 0 or -1 (logged). */
+static int policy_reload(struct authz *a)
+{
+	if (!a->policy_watch.path) {
+		if (!a->policy && !(a->policy = policy_default())) {
+			log_error("out of memory");
+			return -1;
+		}
+		return 0;
+	}
+	watch_changed(&a->policy_watch);
+	char err[256];
+	struct policy *p = policy_load(a->policy_watch.path, err, sizeof err);
+	if (!p) {
+		log_error(a->policy ? "policy file rejected: keeping the policy in force"
+				    : "policy file rejected: fix GW_POLICY_FILE",
+			  LS("file", a->policy_watch.path), LS("error", err));
+		metric_add(a->m_reload_bad, 1);
+		return -1;
+	}
+	policy_free(a->policy);
+	a->policy = p;
+	metric_add(a->m_reload_ok, 1);
+	log_info("policy loaded", LS("file", a->policy_watch.path),
+		 LI("principal_limits", p->nprincipals), LI("group_limits", p->ngroups),
+		 LI("model_lists", p->nmodels));
+	return 0;
+}
+
+static int read_file(const char *path, char **out, size_t *len, size_t max, char *err, size_t cap)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, cap, "cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	char *buf = malloc(max + 1);
+	size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+	int bad = !buf || ferror(f);
+	fclose(f);
+	if (bad || n > max) {
+		snprintf(err, cap, bad ? "cannot read %s" : "%s is too large", path);
+		free(buf);
+		return -1;
+	}
+	buf[n] = 0;
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+/* Loads GW_JWKS_FILE; a bad file keeps the keys in force. Returns 0 or -1 (logged). */
+static int jwks_reload(struct authz *a)
+{
+	if (!a->jwks_watch.path)
+		return 0;
+	watch_changed(&a->jwks_watch);
+	char err[256], *text = NULL;
+	size_t len = 0;
+	struct jwks k;
+	int skipped = 0;
+	if (read_file(a->jwks_watch.path, &text, &len, JWKS_MAX_LEN, err, sizeof err) != 0 ||
+	    jwks_parse(text, len, &k, &skipped, err, sizeof err) != 0) {
+		free(text);
+		log_error("JWKS file rejected: keeping the keys in force",
+			  LS("file", a->jwks_watch.path), LS("error", err));
+		metric_add(a->m_reload_bad, 1);
+		return -1;
+	}
+	free(text);
+	jwks_free(&a->jwks);
+	a->jwks = k;
+	metric_add(a->m_reload_ok, 1);
+	if (skipped)
+		log_warn("JWKS keys skipped (unsupported type, weak or malformed)",
+			 LS("file", a->jwks_watch.path), LI("skipped", skipped));
+	log_info("JWKS loaded", LS("file", a->jwks_watch.path), LI("keys", a->jwks.n));
+	return 0;
+}
+
+static void on_reload(void *arg)
+{
+	struct authz *a = arg;
+	log_info("SIGHUP: reloading the policy and the JWKS");
+	policy_reload(a);
+	jwks_reload(a);
+	if (a->jwks_fetch)
+		jwks_fetch_start(a, wire_now_ms(), "SIGHUP");
+}
+
 static void on_janitor(evutil_socket_t fd, short what, void *arg)
 {
 	struct authz *a = arg;
 	int64_t now = wire_now_ms();
 	pgconn_tick(&a->db, now);
 	int32_t day = usage_day(now);
-	if (day != a->today) {
+	int day_changed = day != a->today;
+	if (day_changed) {
 		a->today = day;
 		usage_gc(&a->usage, day);
+	}
+	if (now >= a->next_watch_ms || day_changed) {
+		a->next_watch_ms = now + 1000;
+		if (a->intro)
+			introspect_tick(a->intro, now);
+		if (a->jwks_fetch && now >= a->jwks_next_fetch_ms)
+			jwks_fetch_start(a, now,
+					 a->jwks_loaded ? "periodic refresh" : "not loaded yet");
+		size_t n = limiter_tick(&a->lim, now, day_changed);
+		if (n)
+			metric_add(a->m_slots_expired, (double)n);
+		if (watch_changed(&a->policy_watch))
+			policy_reload(a);
+		if (watch_changed(&a->jwks_watch))
+			jwks_reload(a);
 	}
 	if (a->stopping) {
 		stop_tick(a, now);
@@ -701,6 +1355,10 @@ static int ready(void *arg, char *why, size_t cap)
 		snprintf(why, cap, "key cache not loaded");
 		return 0;
 	}
+	if (a->jwks_fetch && !a->jwks_loaded) {
+		snprintf(why, cap, "JWKS not loaded from GW_JWKS_URL yet");
+		return 0;
+	}
 	if (a->prod.fatal) {
 		snprintf(why, cap, "Kafka producer in a fatal state");
 		return 0;
@@ -729,6 +1387,84 @@ static double keys_cached(void *arg)
 	return (double)((struct authz *)arg)->keys.count;
 }
 
+static double inflight(void *arg)
+{
+	return (double)((struct authz *)arg)->lim.nslots;
+}
+
+/* JWT settings; HS256 only with its own secret. Returns 0 or -1 (logged). */
+static int setup_jwt(struct authz *a)
+{
+	struct authz_config *c = &a->cfg;
+	a->jwks_watch.path = c->jwks_file;
+	if (config_secret("GW_JWT_HS256_SECRET", &a->hs256_secret, &a->hs256_len) != 0)
+		return -1;
+	if (a->hs256_secret && a->hs256_len < 32) {
+		log_error("GW_JWT_HS256_SECRET is shorter than 32 bytes: use a longer secret");
+		return -1;
+	}
+	if (c->jwks_file && c->jwks_url) {
+		log_error("both GW_JWKS_FILE and GW_JWKS_URL are set: set one");
+		return -1;
+	}
+	a->jwt_enabled = c->jwks_file || c->jwks_url || a->hs256_secret;
+	if (!a->jwt_enabled)
+		return 0;
+	if (!c->jwt_issuer || !c->jwt_audience) {
+		log_error("JWT keys are configured but GW_JWT_ISSUER or GW_JWT_AUDIENCE is not: "
+			  "set both, so tokens issued for another service are refused");
+		return -1;
+	}
+	a->jwt.issuer = c->jwt_issuer;
+	a->jwt.audience = c->jwt_audience;
+	a->jwt.leeway_s = c->leeway_s;
+	a->jwt.principal_claim = c->jwt_principal_claim;
+	a->jwt.groups_claim = c->jwt_groups_claim;
+	a->jwt.idp_claim = c->jwt_idp_claim;
+	a->jwt.policies_claim = c->jwt_policies_claim;
+	a->jwt.hs256_secret = (const unsigned char *)a->hs256_secret;
+	a->jwt.hs256_len = a->hs256_len;
+	if (c->jwks_file && jwks_reload(a) != 0) {
+		log_error("cannot load GW_JWKS_FILE at start: fix the file or unset it");
+		return -1;
+	}
+	if (c->jwks_url) {
+		a->jwks_fetch =
+		    fetch_new(a->rt.base, c->jwks_url, 10000, JWKS_MAX_LEN, on_jwks_fetched, a);
+		if (!a->jwks_fetch) {
+			log_error("GW_JWKS_URL is not usable: fix or unset it");
+			return -1;
+		}
+		jwks_fetch_start(a, wire_now_ms(), "start");
+	}
+	return 0;
+}
+
+static int setup_introspection(struct authz *a)
+{
+	if (!a->cfg.intro_url)
+		return 0;
+	char *secret = NULL;
+	size_t len = 0;
+	if (config_secret("GW_INTROSPECTION_CLIENT_SECRET", &secret, &len) != 0)
+		return -1;
+	if (!a->cfg.intro_client_id || !secret) {
+		log_error("GW_INTROSPECTION_URL is set: set GW_INTROSPECTION_CLIENT_ID and "
+			  "GW_INTROSPECTION_CLIENT_SECRET_FILE too");
+		free(secret);
+		return -1;
+	}
+	struct introspect_config ic = {a->cfg.intro_url, a->cfg.intro_client_id, secret,
+				       (int)a->cfg.intro_timeout_ms, (size_t)a->cfg.intro_max};
+	a->intro = introspect_new(a->rt.base, &ic, on_introspected);
+	OPENSSL_cleanse(secret, len);
+	free(secret);
+	if (!a->intro)
+		return -1;
+	log_info("token introspection enabled", LS("url", a->cfg.intro_url));
+	return 0;
+}
+
 /* ---- start-up ---- */
 
 static int read_config(struct authz_config *cfg)
@@ -740,8 +1476,26 @@ static int read_config(struct authz_config *cfg)
 	    config_int("GW_AUTHZ_USAGE_MAX", 100000, 1, 100000000, &cfg->usage_max) ||
 	    config_int("GW_AUTHZ_DB_TIMEOUT_MS", 5000, 100, 600000, &cfg->db_timeout_ms) ||
 	    config_int("GW_AUTHZ_STOP_TIMEOUT_MS", 10000, 0, 600000, &cfg->stop_timeout_ms) ||
-	    config_int("GW_KAFKA_FETCH_WAIT_MS", 2, 0, 10000, &cfg->fetch_wait_ms))
+	    config_int("GW_KAFKA_FETCH_WAIT_MS", 2, 0, 10000, &cfg->fetch_wait_ms) ||
+	    config_int("GW_AUTHZ_MAX_PRINCIPALS", 100000, 1, 100000000, &cfg->max_principals) ||
+	    config_int("GW_AUTHZ_MAX_INFLIGHT", 100000, 1, 100000000, &cfg->max_slots) ||
+	    config_int("GW_JWT_LEEWAY_S", 60, 0, 600, &cfg->leeway_s) ||
+	    config_int("GW_INTROSPECTION_TIMEOUT_MS", 5000, 100, 60000, &cfg->intro_timeout_ms) ||
+	    config_int("GW_INTROSPECTION_CACHE_MAX", 100000, 1, 10000000, &cfg->intro_max))
 		return -1;
+	if (config_int("GW_JWKS_REFRESH_S", 300, 30, 86400, &cfg->jwks_refresh_s))
+		return -1;
+	cfg->jwks_url = config_str("GW_JWKS_URL", NULL);
+	cfg->intro_url = config_str("GW_INTROSPECTION_URL", NULL);
+	cfg->intro_client_id = config_str("GW_INTROSPECTION_CLIENT_ID", NULL);
+	cfg->policy_file = config_str("GW_POLICY_FILE", NULL);
+	cfg->jwks_file = config_str("GW_JWKS_FILE", NULL);
+	cfg->jwt_issuer = config_str("GW_JWT_ISSUER", NULL);
+	cfg->jwt_audience = config_str("GW_JWT_AUDIENCE", NULL);
+	cfg->jwt_principal_claim = config_str("GW_JWT_PRINCIPAL_CLAIM", "sub");
+	cfg->jwt_groups_claim = config_str("GW_JWT_GROUPS_CLAIM", "groups");
+	cfg->jwt_idp_claim = config_str("GW_JWT_IDP_CLAIM", "idp");
+	cfg->jwt_policies_claim = config_str("GW_JWT_POLICIES_CLAIM", "policies");
 	return 0;
 }
 
@@ -759,6 +1513,18 @@ static int setup_metrics(struct authz *a)
 				"1 when the last PostgreSQL query of authz succeeded");
 	a->m_tokens = metric_get(METRIC_COUNTER, "gw_authz_usage_tokens_total", NULL,
 				 "Tokens counted from gw.usage");
+	a->m_limited = metric_get(METRIC_COUNTER, "gw_authz_decisions_total", "outcome=\"limited\"",
+				  "Authorization decisions by outcome");
+	a->m_slots_expired = metric_get(METRIC_COUNTER, "gw_authz_slots_expired_total", NULL,
+					"Concurrency slots freed by their deadline (usage lost)");
+	a->m_reload_ok = metric_get(METRIC_COUNTER, "gw_authz_reloads_total", "result=\"ok\"",
+				    "Policy and JWKS (re)loads");
+	a->m_reload_bad = metric_get(METRIC_COUNTER, "gw_authz_reloads_total",
+				     "result=\"rejected\"", "Policy and JWKS (re)loads");
+	struct metric *sl = metric_gauge_fn("gw_authz_inflight", NULL,
+					    "Requests holding a concurrency slot", inflight, a);
+	if (!a->m_limited || !a->m_slots_expired || !a->m_reload_ok || !a->m_reload_bad || !sl)
+		return -1;
 	struct metric *k = metric_gauge_fn("gw_authz_keys_cached", NULL,
 					   "API keys held in the authz cache", keys_cached, a);
 	if (!a->m_allowed || !a->m_denied || !a->m_expired || !a->m_error || !a->m_db_up ||
@@ -819,6 +1585,13 @@ static int start(struct authz *a)
 		log_error("out of memory");
 		return -1;
 	}
+	if (limiter_init(&a->lim, (size_t)a->cfg.max_principals, (size_t)a->cfg.max_slots) != 0) {
+		log_error("out of memory");
+		return -1;
+	}
+	a->policy_watch.path = a->cfg.policy_file;
+	if (policy_reload(a) != 0 || setup_jwt(a) != 0 || setup_introspection(a) != 0)
+		return -1;
 	a->today = usage_day(wire_now_ms());
 	if (load_keys(a) != 0)
 		return -1;
@@ -848,6 +1621,7 @@ static int start(struct authz *a)
 	a->next_refresh_ms = now + a->cfg.refresh_ms;
 	a->next_flush_ms = now + a->cfg.flush_ms;
 	a->rt.on_stop = on_stop;
+	a->rt.on_reload = on_reload;
 	a->rt.ready = ready;
 	a->rt.arg = a;
 	log_info("authz serving", LS("group", a->cfg.group), LI("max_keys", a->cfg.max_keys),
@@ -863,6 +1637,11 @@ static void teardown(struct authz *a)
 		kafka_producer_close(&a->prod, 1000);
 	if (a->cons_up)
 		kafka_consumer_close(&a->cons);
+	free_held(a);
+	introspect_free(a->intro);
+	a->intro = NULL;
+	fetch_free(a->jwks_fetch);
+	a->jwks_fetch = NULL;
 	while (a->reqs) {
 		struct req_work *rw = a->reqs;
 		a->reqs = rw->next;
@@ -871,6 +1650,13 @@ static void teardown(struct authz *a)
 	pgconn_close(&a->db);
 	keys_free(&a->keys);
 	usage_free(&a->usage);
+	limiter_free(&a->lim);
+	policy_free(a->policy);
+	jwks_free(&a->jwks);
+	if (a->hs256_secret) {
+		OPENSSL_cleanse(a->hs256_secret, a->hs256_len);
+		free(a->hs256_secret);
+	}
 	OPENSSL_cleanse(a->seal_key, sizeof a->seal_key);
 	runtime_free(&a->rt);
 }

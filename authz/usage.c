@@ -108,6 +108,12 @@ int64_t usage_tokens(const struct usage_table *t, const char *principal, int32_t
 	return e->principal ? e->tokens : 0;
 }
 
+int64_t usage_committed(const struct usage_table *t, const char *principal, int32_t day)
+{
+	const struct usage_entry *e = find_slot(t->slots, t->cap, principal, day);
+	return e->principal ? e->tokens - e->delta : 0;
+}
+
 int64_t usage_pending(const struct usage_table *t)
 {
 	int64_t n = 0;

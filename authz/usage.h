@@ -28,6 +28,8 @@ int usage_init(struct usage_table *t, size_t max);
 int usage_add(struct usage_table *t, const char *principal, int32_t day, int64_t tokens);
 /* Tokens counted for (principal, day), 0 when unknown. */
 int64_t usage_tokens(const struct usage_table *t, const char *principal, int32_t day);
+/* Of those, the tokens already written to PostgreSQL. */
+int64_t usage_committed(const struct usage_table *t, const char *principal, int32_t day);
 /* Drops entries of days before `today` that have nothing left to write. */
 void usage_gc(struct usage_table *t, int32_t today);
 /* Starts a flush: marks every pending delta and returns in *json (malloc'd, caller frees)

@@ -241,6 +241,13 @@ r=$(probe "$SHORT" --model mock-small)
 check_eq "a key before its expiry is accepted" "carol" "$(jq -r '.headers["gw-principal"]' <<<"$r")"
 GW_DATABASE_ADMIN_URL=$ADMIN_URL "$AUTHZ" keys revoke "$KID" 2>"$T/revoke.log"
 check_eq "keys revoke succeeds" 0 "$?"
+audit_dump=$("$PROBE" dump gw.audit 2>/dev/null)
+check "admin.key_revoked audited on gw.audit with the key id and principal" \
+	grep -q "\"type\":\"admin.key_revoked\".*\"principal\":\"alice\".*\"key_id\":\"$KID\"" <<<"$audit_dump"
+NEW_ID=$(cut -d_ -f2 <<<"$NEW")
+check "admin.key_created audited on gw.audit" \
+	grep -q "\"type\":\"admin.key_created\".*\"principal\":\"bob\".*\"key_id\":\"$NEW_ID\"" <<<"$audit_dump"
+check_not_contains "admin audit events never carry the key" "$audit_dump" "$(secret_of "$NEW")"
 t0=$(date +%s%N)
 revoked() { [ "$(probe "$KEY" --model mock-small | jq -r '.headers["gw-status"]')" = 401 ]; }
 eventually 5 revoked

@@ -4,12 +4,15 @@
  * matched by gw-id) and its authz.decision audit event. `usage` produces one gw.usage
  * message. Reads from the beginning of each topic with a direct assignment (no group). */
 #include "apikey.h"
+#include "jwt.h"
 #include "config.h"
+#include "kafka.h"
 #include "log.h"
 #include "seal.h"
 #include "wire.h"
 
 #include <getopt.h>
+#include <openssl/evp.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -19,8 +22,14 @@
 static const char usage[] =
     "usage: gw-authz-probe request [--model M] [--route R] [--reply-partition N]\n"
     "                              [--expired] [--no-cred] [--tamper] [--malformed]\n"
-    "                              [--timeout-ms N]\n"
+    "                              [--timeout-ms N] [--cluster C --framework F]\n"
+    "                              [--hint H] [--deadline-ms N]\n"
+    "       gw-authz-probe burst --count N [--model M] [--hint H] [--timeout-ms N]\n"
+    "                              (N requests at once; prints {\"authorized\":A,\n"
+    "                              \"status\":{\"429\":B,...},\"missing\":C})\n"
+    "       gw-authz-probe dump TOPIC...   (every message, raw, one per line)\n"
     "       gw-authz-probe usage (--principal P --tokens N | --raw VALUE)\n"
+    "                              [--request-id ID] [--hint H]\n"
     "  Environment: GW_KAFKA_BROKERS, GW_SEAL_KEY[_FILE], GW_PROBE_KEY (the credential\n"
     "  to seal; never argv). Prints one JSON line {id, topic, headers, value, decodes,\n"
     "  audit}, the answer being looked for on gw.authorized, gw.replies (the request's\n"
@@ -29,8 +38,8 @@ static const char usage[] =
 
 /* What gw.authorized and gw.replies must carry (docs/CONTRACT.md). */
 #define AUTHORIZED_FIELDS                                                                          \
-	(GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL | GW_F_STREAM |            \
-	 GW_F_PRINCIPAL | GW_F_GROUPS | GW_F_RULE | GW_F_HINT)
+	(GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_STREAM | GW_F_PRINCIPAL |        \
+	 GW_F_GROUPS | GW_F_RULE | GW_F_HINT | GW_F_MODELS)
 #define REPLY_FIELDS (GW_F_ID | GW_F_STATUS | GW_F_SEQ | GW_F_FINAL | GW_F_CTYPE)
 
 static int delivered_err = -1;
@@ -137,6 +146,227 @@ static int header_is(const rd_kafka_message_t *m, const char *name, const char *
 	       memcmp(v, want, n) == 0;
 }
 
+/* The principal hint ingress would compute: the key id of an API key, the unverified
+ * sub of a JWT, else a digest of the credential. */
+static void hint_of(const char *cred, char *hint, size_t cap)
+{
+	char id[APIKEY_ID_HEX + 1];
+	snprintf(hint, cap, "anonymous");
+	if (!cred)
+		return;
+	if (strncmp(cred, "Bearer ", 7) == 0)
+		cred += 7;
+	if (apikey_parse(cred, id) == 0) {
+		snprintf(hint, cap, "%s", id);
+		return;
+	}
+	const char *d1 = strchr(cred, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+	if (jwt_looks_like(cred, strlen(cred)) && d2) {
+		unsigned char buf[JWT_MAX_LEN];
+		long n = jwt_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof buf);
+		json_t *c = n > 0 ? json_loadb((char *)buf, (size_t)n, 0, NULL) : NULL;
+		const char *sub = json_string_value(json_object_get(c, "sub"));
+		if (sub && strlen(sub) < cap)
+			snprintf(hint, cap, "%s", sub);
+		json_decref(c);
+		if (sub)
+			return;
+	}
+	unsigned char md[32];
+	unsigned int ml = 0;
+	if (EVP_Digest(cred, strlen(cred), md, &ml, EVP_sha256(), NULL) == 1)
+		for (int i = 0; i < 16 && 2 * i + 2 < (int)cap; i++)
+			snprintf(hint + 2 * i, 3, "%02x", md[i]);
+}
+
+static int cmd_burst(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"count", required_argument, NULL, 'c'},
+	    {"model", required_argument, NULL, 'm'},
+	    {"hint", required_argument, NULL, 'h'},
+	    {"timeout-ms", required_argument, NULL, 'T'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *model = "mock-small", *hintopt = NULL;
+	int count = 0, timeout_ms = 20000, c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': count = atoi(optarg); break;
+		case 'm': model = optarg; break;
+		case 'h': hintopt = optarg; break;
+		case 'T': timeout_ms = atoi(optarg); break;
+		default: fputs(usage, stderr); return 2;
+		}
+	}
+	const char *cred = config_str("GW_PROBE_KEY", NULL);
+	unsigned char key[SEAL_KEY_LEN];
+	if (count <= 0 || count > 100000 || !cred) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	if (seal_key_load(key) != 0)
+		return 1;
+	char hint[128];
+	if (hintopt)
+		snprintf(hint, sizeof hint, "%s", hintopt);
+	else
+		hint_of(cred, hint, sizeof hint);
+	char(*ids)[GW_ID_HEX + 1] = calloc((size_t)count, sizeof *ids);
+	char *seen = calloc((size_t)count, 1);
+	struct gw_meta *m = calloc(1, sizeof *m);
+	rd_kafka_t *p = client(RD_KAFKA_PRODUCER), *k = client(RD_KAFKA_CONSUMER);
+	json_t *status = json_object();
+	int rc = 1, authorized = 0, answered = 0;
+	if (!ids || !seen || !m || !p || !k)
+		goto out;
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(32);
+	int n = partitions(k, GW_TOPIC_AUTHORIZED);
+	for (int i = 0; i < n; i++)
+		rd_kafka_topic_partition_list_add(l, GW_TOPIC_AUTHORIZED, i)->offset =
+		    RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_topic_partition_list_add(l, GW_TOPIC_REPLIES, 0)->offset =
+	    RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_resp_err_t aerr = rd_kafka_assign(k, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (aerr)
+		goto out;
+	const char *body = "{\"model\":\"mock-small\",\"messages\":[]}";
+	partitions(p, GW_TOPIC_REQUESTS); /* see cmd_request */
+	for (int i = 0; i < count; i++) {
+		memset(m, 0, sizeof *m);
+		if (wire_id_new(m->id) != 0)
+			goto out;
+		memcpy(ids[i], m->id, sizeof ids[i]);
+		m->deadline_ms = wire_now_ms() + 60000;
+		m->reply_partition = 0;
+		snprintf(m->route, sizeof m->route, "/v1/chat/completions");
+		snprintf(m->model, sizeof m->model, "%s", model);
+		if (seal_encrypt(key, cred, strlen(cred), m->id, m->cred, sizeof m->cred,
+				 &m->cred_len) != 0)
+			goto out;
+		rd_kafka_headers_t *h = rd_kafka_headers_new(10);
+		if (wire_encode(m,
+				GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL |
+				    GW_F_STREAM | GW_F_CRED,
+				h) != 0) {
+			rd_kafka_headers_destroy(h);
+			goto out;
+		}
+		rd_kafka_resp_err_t err = rd_kafka_producev(
+		    p, RD_KAFKA_V_TOPIC(GW_TOPIC_REQUESTS), RD_KAFKA_V_KEY(hint, strlen(hint)),
+		    RD_KAFKA_V_VALUE((void *)body, strlen(body)),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+		    RD_KAFKA_V_END);
+		if (err) {
+			rd_kafka_headers_destroy(h);
+			log_error("produce failed", LS("error", rd_kafka_err2str(err)));
+			goto out;
+		}
+		rd_kafka_poll(p, 0);
+	}
+	rd_kafka_flush(p, 10000);
+	int64_t end = wire_now_ms() + timeout_ms;
+	while (answered < count && wire_now_ms() < end) {
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(k, 50);
+		if (!msg)
+			continue;
+		char id[GW_ID_HEX + 1], st[8];
+		if (!msg->err && kafka_header_str(msg, GW_H_ID, id, sizeof id) == 0) {
+			for (int i = 0; i < count; i++) {
+				if (seen[i] || strcmp(ids[i], id) != 0)
+					continue;
+				seen[i] = 1;
+				answered++;
+				if (strcmp(rd_kafka_topic_name(msg->rkt), GW_TOPIC_AUTHORIZED) ==
+				    0) {
+					authorized++;
+				} else if (kafka_header_str(msg, GW_H_STATUS, st, sizeof st) == 0) {
+					json_t *v = json_object_get(status, st);
+					json_object_set_new(
+					    status, st, json_integer(json_integer_value(v) + 1));
+				}
+				break;
+			}
+		}
+		rd_kafka_message_destroy(msg);
+	}
+	rc = answered == count ? 0 : 1;
+out:;
+	json_t *o = json_pack("{s:i, s:O, s:i}", "authorized", authorized, "status", status,
+			      "missing", count - answered);
+	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	if (s)
+		printf("%s\n", s);
+	free(s);
+	json_decref(o);
+	json_decref(status);
+	if (k) {
+		rd_kafka_consumer_close(k);
+		rd_kafka_destroy(k);
+	}
+	if (p)
+		rd_kafka_destroy(p);
+	free(ids);
+	free(seen);
+	free(m);
+	return rc;
+}
+
+/* Writes every message of the topics (keys, values and header values, raw) to stdout,
+ * so a test can grep the whole log for a credential. */
+static int cmd_dump(int argc, char **argv)
+{
+	rd_kafka_t *k = client(RD_KAFKA_CONSUMER);
+	if (!k || argc < 2)
+		return 2;
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(64);
+	int64_t want = 0, got = 0;
+	for (int t = 1; t < argc; t++) {
+		int n = partitions(k, argv[t]);
+		for (int i = 0; i < n; i++) {
+			int64_t lo = 0, hi = 0;
+			if (rd_kafka_query_watermark_offsets(k, argv[t], i, &lo, &hi, 5000) == 0 &&
+			    hi > lo) {
+				rd_kafka_topic_partition_list_add(l, argv[t], i)->offset = lo;
+				want += hi - lo;
+			}
+		}
+	}
+	if (rd_kafka_assign(k, l) != 0)
+		want = -1;
+	rd_kafka_topic_partition_list_destroy(l);
+	int64_t end = wire_now_ms() + 15000;
+	while (want > 0 && got < want && wire_now_ms() < end) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(k, 100);
+		if (!m)
+			continue;
+		if (!m->err) {
+			got++;
+			printf("%s ", rd_kafka_topic_name(m->rkt));
+			fwrite(m->key ? m->key : "", 1, m->key_len, stdout);
+			putchar(' ');
+			fwrite(m->payload ? m->payload : "", 1, m->len, stdout);
+			rd_kafka_headers_t *h = NULL;
+			const char *name;
+			const void *val;
+			size_t size;
+			if (rd_kafka_message_headers(m, &h) == 0 && h)
+				for (size_t i = 0;
+				     rd_kafka_header_get_all(h, i, &name, &val, &size) == 0; i++) {
+					printf(" %s=", name);
+					fwrite(val ? val : "", 1, size, stdout);
+				}
+			putchar('\n');
+		}
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consumer_close(k);
+	rd_kafka_destroy(k);
+	fprintf(stderr, "{\"messages\":%lld,\"expected\":%lld}\n", (long long)got, (long long)want);
+	return want >= 0 && got == want ? 0 : 1;
+}
+
 static int cmd_request(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -148,10 +378,16 @@ static int cmd_request(int argc, char **argv)
 	    {"tamper", no_argument, NULL, 't'},
 	    {"malformed", no_argument, NULL, 'x'},
 	    {"timeout-ms", required_argument, NULL, 'T'},
+	    {"cluster", required_argument, NULL, 'C'},
+	    {"framework", required_argument, NULL, 'F'},
+	    {"hint", required_argument, NULL, 'h'},
+	    {"deadline-ms", required_argument, NULL, 'D'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *model = "mock-small", *route = "/v1/chat/completions";
+	const char *cluster = NULL, *framework = NULL, *hintopt = NULL;
 	int reply = 0, expired = 0, nocred = 0, tamper = 0, malformed = 0, timeout_ms = 10000, c;
+	int deadline = 30000;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
@@ -162,9 +398,14 @@ static int cmd_request(int argc, char **argv)
 		case 't': tamper = 1; break;
 		case 'x': malformed = 1; break;
 		case 'T': timeout_ms = atoi(optarg); break;
+		case 'C': cluster = optarg; break;
+		case 'F': framework = optarg; break;
+		case 'h': hintopt = optarg; break;
+		case 'D': deadline = atoi(optarg); break;
 		default: fputs(usage, stderr); return 2;
 		}
 	}
+	int64_t t0 = wire_now_ms();
 	struct gw_meta *m = calloc(1, sizeof *m);
 	if (!m)
 		return 1;
@@ -172,14 +413,19 @@ static int cmd_request(int argc, char **argv)
 		free(m);
 		return 1;
 	}
-	m->deadline_ms = wire_now_ms() + (expired ? -1000 : 30000);
+	m->deadline_ms = wire_now_ms() + (expired ? -1000 : deadline);
 	m->reply_partition = reply;
 	snprintf(m->route, sizeof m->route, "%s", route);
 	snprintf(m->model, sizeof m->model, "%s", model);
 	snprintf(m->client, sizeof m->client, "127.0.0.1");
-	unsigned fields = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL |
-			  GW_F_STREAM | GW_F_CLIENT;
-	char hint[APIKEY_ID_HEX + 1] = "anonymous";
+	unsigned fields = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_STREAM |
+			  GW_F_CLIENT | (*model ? GW_F_MODEL : 0);
+	if (cluster && framework) {
+		snprintf(m->cluster, sizeof m->cluster, "%s", cluster);
+		snprintf(m->framework, sizeof m->framework, "%s", framework);
+		fields |= GW_F_CLUSTER | GW_F_FRAMEWORK;
+	}
+	char hint[128] = "anonymous";
 	const char *cred = config_str("GW_PROBE_KEY", NULL);
 	if (cred && !nocred) {
 		unsigned char key[SEAL_KEY_LEN];
@@ -192,10 +438,10 @@ static int cmd_request(int argc, char **argv)
 		if (tamper)
 			m->cred[m->cred_len - 1] ^= 1;
 		fields |= GW_F_CRED;
-		char id[APIKEY_ID_HEX + 1];
-		if (apikey_parse(cred, id) == 0)
-			memcpy(hint, id, sizeof id);
+		hint_of(cred, hint, sizeof hint);
 	}
+	if (hintopt)
+		snprintf(hint, sizeof hint, "%s", hintopt);
 	rd_kafka_t *p = client(RD_KAFKA_PRODUCER), *k = client(RD_KAFKA_CONSUMER);
 	int rc = 1;
 	json_t *out = json_object(), *audit = NULL, *answer = NULL;
@@ -229,8 +475,14 @@ static int cmd_request(int argc, char **argv)
 	/* A later, undecodable gw-deadline wins (the decoder reads the last one). */
 	if (malformed)
 		rd_kafka_header_add(h, GW_H_DEADLINE, -1, "soon", -1);
+	int64_t t_prod = wire_now_ms();
+	/* Metadata first: a produce to a topic the client does not know yet waits for the
+	 * next metadata refresh (about a second). */
+	partitions(p, GW_TOPIC_REQUESTS);
+	log_debug("metadata", LI("ms", wire_now_ms() - t_prod));
 	if (produce(p, GW_TOPIC_REQUESTS, hint, body, h) != 0)
 		goto done;
+	log_debug("produced", LI("ms", wire_now_ms() - t_prod));
 	int64_t end = wire_now_ms() + timeout_ms, grace = -1;
 	while (wire_now_ms() < end && (grace < 0 || wire_now_ms() < grace)) {
 		rd_kafka_message_t *msg = rd_kafka_consumer_poll(k, 50);
@@ -275,6 +527,7 @@ static int cmd_request(int argc, char **argv)
 		if (((audit && (answer || expired)) || (malformed && answer)) && grace < 0)
 			grace = wire_now_ms() + (answer ? 0 : 1000);
 	}
+	log_debug("answered", LI("ms", wire_now_ms() - t_prod));
 	if (answer) {
 		json_object_update(out, answer);
 	} else {
@@ -298,6 +551,7 @@ done:;
 	if (p)
 		rd_kafka_destroy(p);
 	free(m);
+	log_debug("closed", LI("ms", wire_now_ms() - t0));
 	return rc;
 }
 
@@ -307,9 +561,11 @@ static int cmd_usage(int argc, char **argv)
 	    {"principal", required_argument, NULL, 'p'},
 	    {"tokens", required_argument, NULL, 't'},
 	    {"raw", required_argument, NULL, 'r'},
+	    {"request-id", required_argument, NULL, 'i'},
+	    {"hint", required_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *principal = NULL, *raw = NULL;
+	const char *principal = NULL, *raw = NULL, *rid = NULL, *hintopt = NULL;
 	long long tokens = -1;
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -317,6 +573,8 @@ static int cmd_usage(int argc, char **argv)
 		case 'p': principal = optarg; break;
 		case 't': tokens = atoll(optarg); break;
 		case 'r': raw = optarg; break;
+		case 'i': rid = optarg; break;
+		case 'h': hintopt = optarg; break;
 		default: fputs(usage, stderr); return 2;
 		}
 	}
@@ -329,6 +587,8 @@ static int cmd_usage(int argc, char **argv)
 	int rc = 1;
 	if (!m || !p || wire_id_new(m->id) != 0)
 		goto out;
+	if (rid && wire_id_valid(rid))
+		snprintf(m->id, sizeof m->id, "%s", rid);
 	char *value = NULL;
 	if (raw) {
 		value = strdup(raw);
@@ -346,7 +606,14 @@ static int cmd_usage(int argc, char **argv)
 		free(value);
 		goto out;
 	}
-	rc = produce(p, GW_TOPIC_USAGE, principal ? principal : "probe", value, h) ? 1 : 0;
+	partitions(p, GW_TOPIC_USAGE); /* see cmd_request */
+	rc = produce(p, GW_TOPIC_USAGE,
+		     hintopt     ? hintopt
+		     : principal ? principal
+				 : "probe",
+		     value, h)
+		 ? 1
+		 : 0;
 	if (rc == 0)
 		printf("{\"id\":\"%s\"}\n", m->id);
 	free(value);
@@ -360,6 +627,8 @@ out:
 int main(int argc, char **argv)
 {
 	log_init("gw-authz-probe", NULL);
+	if (getenv("GW_PROBE_DEBUG"))
+		log_set_level(LOG_DEBUG);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0) {
 		fputs(usage, argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;
@@ -368,6 +637,10 @@ int main(int argc, char **argv)
 		return cmd_request(argc - 1, argv + 1);
 	if (strcmp(argv[1], "usage") == 0)
 		return cmd_usage(argc - 1, argv + 1);
+	if (strcmp(argv[1], "burst") == 0)
+		return cmd_burst(argc - 1, argv + 1);
+	if (strcmp(argv[1], "dump") == 0)
+		return cmd_dump(argc - 1, argv + 1);
 	fputs(usage, stderr);
 	return 2;
 }

@@ -1,0 +1,149 @@
+/* One-document HTTP(S) GET on the loop (see fetch.h). */
+#include "fetch.h"
+#include "log.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Owns the parsed URL and the TLS context; the request under way is owned by evhttp. */
+struct fetcher {
+	struct event_base *base;
+	struct evhttp_uri *uri;
+	char host[256], path[1024];
+	int port, https, timeout_ms;
+	size_t max_body;
+	SSL_CTX *ssl;
+	/* The connection of the last fetch: freed before the next one or by fetch_free, never
+	 * from its own callback. */
+	struct evhttp_connection *conn;
+	struct evhttp_request *req;
+	fetch_done_fn done;
+	void *arg;
+};
+
+struct fetcher *fetch_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
+			  fetch_done_fn done, void *arg)
+{
+	struct fetcher *f = calloc(1, sizeof *f);
+	if (!f)
+		return NULL;
+	f->base = base;
+	f->timeout_ms = timeout_ms;
+	f->max_body = max_body;
+	f->done = done;
+	f->arg = arg;
+	f->uri = evhttp_uri_parse(url);
+	const char *scheme = f->uri ? evhttp_uri_get_scheme(f->uri) : NULL;
+	const char *host = f->uri ? evhttp_uri_get_host(f->uri) : NULL;
+	if (!scheme || !host || (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0) ||
+	    strlen(host) >= sizeof f->host) {
+		log_error("not an http:// or https:// URL with a host", LS("url", url));
+		fetch_free(f);
+		return NULL;
+	}
+	f->https = strcmp(scheme, "https") == 0;
+	snprintf(f->host, sizeof f->host, "%s", host);
+	f->port = evhttp_uri_get_port(f->uri);
+	if (f->port < 0)
+		f->port = f->https ? 443 : 80;
+	const char *path = evhttp_uri_get_path(f->uri), *q = evhttp_uri_get_query(f->uri);
+	snprintf(f->path, sizeof f->path, "%s%s%s", path && *path ? path : "/", q ? "?" : "",
+		 q ? q : "");
+	if (f->https) {
+		f->ssl = SSL_CTX_new(TLS_client_method());
+		if (!f->ssl || SSL_CTX_set_default_verify_paths(f->ssl) != 1) {
+			log_error("cannot set up TLS", LS("url", url));
+			fetch_free(f);
+			return NULL;
+		}
+		SSL_CTX_set_verify(f->ssl, SSL_VERIFY_PEER, NULL);
+		SSL_CTX_set_min_proto_version(f->ssl, TLS1_2_VERSION);
+	}
+	return f;
+}
+
+static void on_response(struct evhttp_request *req, void *arg)
+{
+	struct fetcher *f = arg;
+	f->req = NULL;
+	int status = req ? evhttp_request_get_response_code(req) : 0;
+	struct evbuffer *b = req ? evhttp_request_get_input_buffer(req) : NULL;
+	size_t len = b ? evbuffer_get_length(b) : 0;
+	if (status == 200 && len > f->max_body) {
+		log_error("fetched document too large", LS("host", f->host),
+			  LI("bytes", (long long)len));
+		status = 0;
+		len = 0;
+	}
+	const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
+	f->done(f->arg, status, body ? body : "", body ? len : 0);
+}
+
+int fetch_start(struct fetcher *f)
+{
+	if (f->req)
+		return 1;
+	if (f->conn) {
+		evhttp_connection_free(f->conn);
+		f->conn = NULL;
+	}
+	struct bufferevent *bev = NULL;
+	if (f->https) {
+		SSL *ssl = SSL_new(f->ssl);
+		if (!ssl || SSL_set_tlsext_host_name(ssl, f->host) != 1 ||
+		    SSL_set1_host(ssl, f->host) != 1) {
+			SSL_free(ssl);
+			log_error("cannot set up the TLS session", LS("host", f->host));
+			return -1;
+		}
+		bev =
+		    bufferevent_openssl_socket_new(f->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+						   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		if (!bev) {
+			SSL_free(ssl);
+			log_error("cannot set up the TLS connection", LS("host", f->host));
+			return -1;
+		}
+	}
+	struct evhttp_connection *conn = evhttp_connection_base_bufferevent_new(
+	    f->base, NULL, bev, f->host, (unsigned short)f->port);
+	if (!conn) {
+		if (bev)
+			bufferevent_free(bev);
+		log_error("cannot create the HTTP connection", LS("host", f->host));
+		return -1;
+	}
+	evhttp_connection_set_timeout(conn, (f->timeout_ms + 999) / 1000);
+	f->conn = conn;
+	struct evhttp_request *req = evhttp_request_new(on_response, f);
+	if (!req)
+		return -1;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Host", f->host);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Accept", "application/json");
+	if (evhttp_make_request(conn, req, EVHTTP_REQ_GET, f->path) != 0) {
+		log_error("cannot send the HTTP request", LS("host", f->host));
+		return -1;
+	}
+	f->req = req;
+	return 0;
+}
+
+void fetch_free(struct fetcher *f)
+{
+	if (!f)
+		return;
+	/* Frees a request under way too, without calling back. */
+	if (f->conn)
+		evhttp_connection_free(f->conn);
+	if (f->uri)
+		evhttp_uri_free(f->uri);
+	if (f->ssl)
+		SSL_CTX_free(f->ssl);
+	free(f);
+}

@@ -21,8 +21,8 @@ static void send_whole(struct ingress *ig, struct pending *p, const struct gw_me
 	/* A limit (authz) or saturation (dispatcher) says when to come back. */
 	char retry[16];
 	if ((m->status == 429 || m->status == 503) &&
-	    kafka_header_str(msg, GW_H_RETRY_AFTER, retry, sizeof retry) == 0 &&
-	    retry[0] && strspn(retry, "0123456789") == strlen(retry))
+	    kafka_header_str(msg, GW_H_RETRY_AFTER, retry, sizeof retry) == 0 && retry[0] &&
+	    strspn(retry, "0123456789") == strlen(retry))
 		evhttp_add_header(h, "Retry-After", retry);
 	if (b && msg->len)
 		evbuffer_add(b, msg->payload, msg->len);

@@ -18,7 +18,10 @@ void audit_event_init(struct audit_event *ev)
 	ev->body_size = ev->resp_size = -1;
 }
 
-void audit_set_service(const char *service) { audit_service = service; }
+void audit_set_service(const char *service)
+{
+	audit_service = service;
+}
 
 static void set_str(json_t *o, const char *k, const char *v)
 {

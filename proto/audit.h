@@ -8,16 +8,16 @@
 
 /* Borrowed strings; NULL or negative numbers mean absent. */
 struct audit_event {
-	const char *type;       /* request.received, authz.decision, dispatch.result,
+	const char *type; /* request.received, authz.decision, dispatch.result,
 				   request.completed, backup.snapshot, admin.*, ... */
 	const char *request_id;
-	const char *outcome;    /* ok, denied, error, expired, rejected, ... */
-	int status;             /* HTTP status given or received; 0 = absent */
+	const char *outcome; /* ok, denied, error, expired, rejected, ... */
+	int status;          /* HTTP status given or received; 0 = absent */
 	const char *reason;
 	const char *principal;
 	const char *groups;
 	const char *idp;
-	const char *client;     /* client address */
+	const char *client; /* client address */
 	const char *route;
 	const char *model;
 	const char *endpoint;

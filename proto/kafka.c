@@ -113,8 +113,9 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 	enum log_level l = level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG;
 	if (!log_enabled(l))
 		return;
-	log_write(l, "librdkafka", (const struct log_kv[]){LS("client", rd_kafka_name(rk)),
-							  LS("facility", fac), LS("detail", buf)},
+	log_write(l, "librdkafka",
+		  (const struct log_kv[]){LS("client", rd_kafka_name(rk)), LS("facility", fac),
+					  LS("detail", buf)},
 		  3);
 }
 
@@ -138,7 +139,8 @@ static rd_kafka_conf_t *conf_base(const char *client_id)
 	}
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	rd_kafka_conf_set_log_cb(conf, log_cb);
-	if (conf_set(conf, "bootstrap.servers", brokers) || conf_set(conf, "client.id", client_id) ||
+	if (conf_set(conf, "bootstrap.servers", brokers) ||
+	    conf_set(conf, "client.id", client_id) ||
 	    conf_set(conf, "socket.nagle.disable", "true") ||
 	    conf_set(conf, "log.connection.close", "false"))
 		goto fail;
@@ -258,7 +260,8 @@ int kafka_producer_init(struct kafka_producer *p, struct event_base *base, const
 
 rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, int32_t partition,
 				  const void *key, size_t keylen, const void *value, size_t vlen,
-				  rd_kafka_headers_t *hdrs, struct kafka_work *w, struct kafka_done *d)
+				  rd_kafka_headers_t *hdrs, struct kafka_work *w,
+				  struct kafka_done *d)
 {
 	struct kafka_dr *dr = NULL;
 	if (w || d) {
@@ -279,10 +282,10 @@ rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, i
 	/* Bounded wait on a full queue: poll to serve delivery reports, then retry. */
 	for (int attempt = 0; attempt < 20; attempt++) {
 		err = rd_kafka_producev(
-			p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-			RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)value, vlen),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
-			RD_KAFKA_V_OPAQUE(dr), RD_KAFKA_V_END);
+		    p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		    RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)value, vlen),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+		    RD_KAFKA_V_OPAQUE(dr), RD_KAFKA_V_END);
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			break;
 		rd_kafka_poll(p->rk, 5);
@@ -433,7 +436,10 @@ int kafka_work_begin(struct kafka_consumer *c, struct kafka_work *w, const rd_ka
 	return 0;
 }
 
-void kafka_work_hold(struct kafka_work *w) { w->holds++; }
+void kafka_work_hold(struct kafka_work *w)
+{
+	w->holds++;
+}
 
 void kafka_work_release(struct kafka_work *w)
 {
@@ -475,12 +481,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
 	struct kafka_consumer *c = opaque;
 	for (int i = 0; i < parts->cnt; i++) {
-		struct kafka_part *pt = part_get(c, parts->elems[i].topic, parts->elems[i].partition);
+		struct kafka_part *pt =
+		    part_get(c, parts->elems[i].topic, parts->elems[i].partition);
 		if (pt)
 			part_reset(pt);
 		log_info(err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "partition assigned"
 								     : "partition revoked",
-			 LS("topic", parts->elems[i].topic), LI("partition", parts->elems[i].partition));
+			 LS("topic", parts->elems[i].topic),
+			 LI("partition", parts->elems[i].partition));
 	}
 	rd_kafka_resp_err_t aerr;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -603,7 +611,8 @@ int kafka_consumer_subscribe(struct kafka_consumer *c, const char *const *topics
 	rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
 	rd_kafka_topic_partition_list_destroy(l);
 	if (err) {
-		log_error("subscribe failed", LS("topic", topics[0]), LS("error", rd_kafka_err2str(err)));
+		log_error("subscribe failed", LS("topic", topics[0]),
+			  LS("error", rd_kafka_err2str(err)));
 		return -1;
 	}
 	return 0;
@@ -644,10 +653,11 @@ void kafka_consumer_pause(struct kafka_consumer *c, int on)
 			continue;
 		rd_kafka_topic_partition_list_add(sel, l->elems[i].topic, l->elems[i].partition);
 	}
-	rd_kafka_resp_err_t err = on ? rd_kafka_pause_partitions(c->rk, sel)
-				     : rd_kafka_resume_partitions(c->rk, sel);
+	rd_kafka_resp_err_t err =
+	    on ? rd_kafka_pause_partitions(c->rk, sel) : rd_kafka_resume_partitions(c->rk, sel);
 	if (err)
-		log_error(on ? "pause failed" : "resume failed", LS("error", rd_kafka_err2str(err)));
+		log_error(on ? "pause failed" : "resume failed",
+			  LS("error", rd_kafka_err2str(err)));
 	rd_kafka_topic_partition_list_destroy(sel);
 	rd_kafka_topic_partition_list_destroy(l);
 }
@@ -679,8 +689,8 @@ int kafka_header_str(const rd_kafka_message_t *msg, const char *name, char *out,
 	rd_kafka_headers_t *h;
 	const void *v;
 	size_t n;
-	if (rd_kafka_message_headers(msg, &h) || rd_kafka_header_get_last(h, name, &v, &n) ||
-	    !v || n >= cap)
+	if (rd_kafka_message_headers(msg, &h) || rd_kafka_header_get_last(h, name, &v, &n) || !v ||
+	    n >= cap)
 		return -1;
 	memcpy(out, v, n);
 	out[n] = 0;
@@ -729,6 +739,6 @@ int wire_deadletter(struct kafka_producer *p, const rd_kafka_message_t *msg, con
 		 LI("offset", msg->offset), LS("reason", reason));
 	return kafka_produce(p, GW_TOPIC_DEADLETTER, RD_KAFKA_PARTITION_UA, msg->key, msg->key_len,
 			     msg->payload, msg->len, h, w, NULL)
-		       ? -1
-		       : 0;
+		   ? -1
+		   : 0;
 }

@@ -30,7 +30,7 @@ struct kafka_producer {
 	rd_kafka_t *rk;
 	struct kafka_pump pump;
 	uint64_t produced, delivered, failed;
-	int fatal; /* set on RD_KAFKA_RESP_ERR__FATAL: the process must restart */
+	int fatal;     /* set on RD_KAFKA_RESP_ERR__FATAL: the process must restart */
 	int broker_up; /* last known: any broker connection up */
 };
 
@@ -74,7 +74,8 @@ int kafka_producer_init(struct kafka_producer *p, struct event_base *base, const
  * RD_KAFKA_RESP_ERR__QUEUE_FULL; delivery callbacks may run during that wait. */
 rd_kafka_resp_err_t kafka_produce(struct kafka_producer *p, const char *topic, int32_t partition,
 				  const void *key, size_t keylen, const void *value, size_t vlen,
-				  rd_kafka_headers_t *hdrs, struct kafka_work *w, struct kafka_done *d);
+				  rd_kafka_headers_t *hdrs, struct kafka_work *w,
+				  struct kafka_done *d);
 
 /* Flushes for up to timeout_ms; logs and returns how many messages were left. */
 int kafka_producer_close(struct kafka_producer *p, int timeout_ms);

@@ -20,7 +20,10 @@ void log_init(const char *service, const char *instance)
 	snprintf(log_instance, sizeof log_instance, "%s", instance ? instance : "");
 }
 
-void log_set_level(enum log_level level) { log_min = level; }
+void log_set_level(enum log_level level)
+{
+	log_min = level;
+}
 
 int log_level_parse(const char *s, enum log_level *out)
 {
@@ -33,7 +36,10 @@ int log_level_parse(const char *s, enum log_level *out)
 	return -1;
 }
 
-int log_enabled(enum log_level level) { return level >= log_min; }
+int log_enabled(enum log_level level)
+{
+	return level >= log_min;
+}
 
 static void put(char *buf, size_t cap, size_t *len, const char *s)
 {

@@ -16,18 +16,24 @@ struct log_kv {
 	long long num;
 };
 
-#define LS(k, v) {(k), LOG_KV_STR, (v), 0}
-#define LI(k, v) {(k), LOG_KV_INT, NULL, (long long)(v)}
+#define LS(k, v)                                                                                   \
+	{                                                                                          \
+		(k), LOG_KV_STR, (v), 0                                                            \
+	}
+#define LI(k, v)                                                                                   \
+	{                                                                                          \
+		(k), LOG_KV_INT, NULL, (long long)(v)                                              \
+	}
 
 /* A leading empty element keeps the array non-empty when no field is given. */
 #define LOG_KVS_(...) ((const struct log_kv[]){{NULL, LOG_KV_NONE, NULL, 0}, ##__VA_ARGS__})
 #define LOG_NKV_(...) (sizeof(LOG_KVS_(__VA_ARGS__)) / sizeof(struct log_kv) - 1)
-#define LOG_AT_(lvl, msg, ...)                                                             \
+#define LOG_AT_(lvl, msg, ...)                                                                     \
 	log_write((lvl), (msg), LOG_KVS_(__VA_ARGS__) + 1, LOG_NKV_(__VA_ARGS__))
 
 #define log_debug(msg, ...) LOG_AT_(LOG_DEBUG, msg, ##__VA_ARGS__)
-#define log_info(msg, ...) LOG_AT_(LOG_INFO, msg, ##__VA_ARGS__)
-#define log_warn(msg, ...) LOG_AT_(LOG_WARN, msg, ##__VA_ARGS__)
+#define log_info(msg, ...)  LOG_AT_(LOG_INFO, msg, ##__VA_ARGS__)
+#define log_warn(msg, ...)  LOG_AT_(LOG_WARN, msg, ##__VA_ARGS__)
 #define log_error(msg, ...) LOG_AT_(LOG_ERROR, msg, ##__VA_ARGS__)
 
 /* service and instance are copied. */

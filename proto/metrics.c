@@ -6,9 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-				 0.1,	 0.25,	0.5,	1,     2.5,  5,	    10,
-				 30,	 60,	120};
+static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+				 0.5,    1,     2.5,    5,     10,   30,    60,   120};
 #define NBUCKETS (sizeof buckets / sizeof buckets[0])
 
 /* Owned by the registry list; freed in metrics_free. */
@@ -128,7 +127,8 @@ void metrics_render(struct evbuffer *out)
 			char le[48];
 			for (size_t i = 0; i < NBUCKETS; i++) {
 				snprintf(le, sizeof le, "le=\"%g\"", buckets[i]);
-				series(out, s->name, "_bucket", s->labels, le, (double)s->bucket[i]);
+				series(out, s->name, "_bucket", s->labels, le,
+				       (double)s->bucket[i]);
 			}
 			series(out, s->name, "_bucket", s->labels, "le=\"+Inf\"", (double)s->count);
 			series(out, s->name, "_sum", s->labels, NULL, s->sum);

@@ -80,9 +80,9 @@ int pg_schema_version(PGconn *c, const char *component)
 {
 	const char *params[] = {component};
 	PGresult *r = PQexecParams(
-		c,
-		"SELECT coalesce(max(version), 0) FROM public.schema_migrations WHERE component = $1",
-		1, NULL, params, NULL, NULL, 0);
+	    c,
+	    "SELECT coalesce(max(version), 0) FROM public.schema_migrations WHERE component = $1",
+	    1, NULL, params, NULL, NULL, 0);
 	int v = -1;
 	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
 		v = atoi(PQgetvalue(r, 0, 0));
@@ -125,7 +125,8 @@ int pg_migrate(PGconn *c, const char *component, const struct pg_migration *m, i
 		ExecStatusType st = PQresultStatus(r);
 		if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
 			log_error("migration failed", LS("component", component),
-				  LI("version", m[i].version), LS("error", PQresultErrorMessage(r)));
+				  LI("version", m[i].version),
+				  LS("error", PQresultErrorMessage(r)));
 			PQclear(r);
 			exec_ok(c, "ROLLBACK", "rollback");
 			return -1;
@@ -141,7 +142,8 @@ int pg_migrate(PGconn *c, const char *component, const struct pg_migration *m, i
 			exec_ok(c, "ROLLBACK", "rollback");
 			return -1;
 		}
-		log_info("migration applied", LS("component", component), LI("version", m[i].version));
+		log_info("migration applied", LS("component", component),
+			 LI("version", m[i].version));
 	}
 	return 0;
 }

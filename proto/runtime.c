@@ -27,7 +27,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	rt->stopping = 1;
-	log_info("stop signal: shutting down gracefully", LS("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
+	log_info("stop signal: shutting down gracefully",
+		 LS("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
 	if (rt->on_stop)
 		rt->on_stop(rt->arg);
 	else
@@ -114,7 +115,8 @@ static void on_ready(struct evhttp_request *req, void *arg)
 		snprintf(body, sizeof body, "{\"status\":\"ready\"}\n");
 	else
 		snprintf(body, sizeof body, "{\"status\":\"not ready\",\"reason\":\"%s\"}\n", esc);
-	reply_text(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "application/json", body);
+	reply_text(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "application/json",
+		   body);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
@@ -206,7 +208,10 @@ int runtime_run(struct runtime *rt)
 	return 0;
 }
 
-void runtime_exit(struct runtime *rt) { event_base_loopexit(rt->base, NULL); }
+void runtime_exit(struct runtime *rt)
+{
+	event_base_loopexit(rt->base, NULL);
+}
 
 void runtime_free(struct runtime *rt)
 {

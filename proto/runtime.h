@@ -18,7 +18,8 @@ struct runtime {
 	/* Service hooks; any may be NULL. */
 	void (*on_stop)(void *arg);   /* begin graceful shutdown; call runtime_exit when done */
 	void (*on_reload)(void *arg); /* SIGHUP */
-	int (*ready)(void *arg, char *why, size_t whycap); /* 1 ready; else why says what is missing */
+	int (*ready)(void *arg, char *why,
+		     size_t whycap); /* 1 ready; else why says what is missing */
 	void *arg;
 };
 

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#define SEAL_KEY_LEN 32
+#define SEAL_KEY_LEN  32
 #define SEAL_OVERHEAD (1 + 12 + 16) /* version, nonce, tag */
 
 int seal_key_load(unsigned char key[SEAL_KEY_LEN]);

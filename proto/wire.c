@@ -93,16 +93,13 @@ struct field_spec {
 };
 
 static const struct field_spec fields[] = {
-	{GW_F_ID, GW_H_ID},		{GW_F_DEADLINE, GW_H_DEADLINE},
-	{GW_F_REPLY, GW_H_REPLY},	{GW_F_ROUTE, GW_H_ROUTE},
-	{GW_F_MODEL, GW_H_MODEL},	{GW_F_STREAM, GW_H_STREAM},
-	{GW_F_CRED, GW_H_CRED},		{GW_F_CLIENT, GW_H_CLIENT},
-	{GW_F_PRINCIPAL, GW_H_PRINCIPAL}, {GW_F_GROUPS, GW_H_GROUPS},
-	{GW_F_RULE, GW_H_RULE},		{GW_F_STATUS, GW_H_STATUS},
-	{GW_F_SEQ, GW_H_SEQ},		{GW_F_FINAL, GW_H_FINAL},
-	{GW_F_CTYPE, GW_H_CTYPE},	{GW_F_HINT, GW_H_HINT},
-	{GW_F_CLUSTER, GW_H_CLUSTER},	{GW_F_FRAMEWORK, GW_H_FRAMEWORK},
-	{GW_F_MODELS, GW_H_MODELS},	{GW_F_CANCEL, GW_H_CANCEL},
+    {GW_F_ID, GW_H_ID},         {GW_F_DEADLINE, GW_H_DEADLINE}, {GW_F_REPLY, GW_H_REPLY},
+    {GW_F_ROUTE, GW_H_ROUTE},   {GW_F_MODEL, GW_H_MODEL},       {GW_F_STREAM, GW_H_STREAM},
+    {GW_F_CRED, GW_H_CRED},     {GW_F_CLIENT, GW_H_CLIENT},     {GW_F_PRINCIPAL, GW_H_PRINCIPAL},
+    {GW_F_GROUPS, GW_H_GROUPS}, {GW_F_RULE, GW_H_RULE},         {GW_F_STATUS, GW_H_STATUS},
+    {GW_F_SEQ, GW_H_SEQ},       {GW_F_FINAL, GW_H_FINAL},       {GW_F_CTYPE, GW_H_CTYPE},
+    {GW_F_HINT, GW_H_HINT},     {GW_F_CLUSTER, GW_H_CLUSTER},   {GW_F_FRAMEWORK, GW_H_FRAMEWORK},
+    {GW_F_MODELS, GW_H_MODELS}, {GW_F_CANCEL, GW_H_CANCEL},
 };
 
 static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t n)
@@ -123,10 +120,8 @@ static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t 
 			return -1;
 		m->reply_partition = (int32_t)x;
 		return 0;
-	case GW_F_ROUTE:
-		return copy_text(v, n, m->route, sizeof m->route);
-	case GW_F_MODEL:
-		return copy_text(v, n, m->model, sizeof m->model);
+	case GW_F_ROUTE: return copy_text(v, n, m->route, sizeof m->route);
+	case GW_F_MODEL: return copy_text(v, n, m->model, sizeof m->model);
 	case GW_F_STREAM:
 		if (parse_i64(v, n, 0, 1, &x))
 			return -1;
@@ -138,14 +133,10 @@ static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t 
 		memcpy(m->cred, v, n);
 		m->cred_len = n;
 		return 0;
-	case GW_F_CLIENT:
-		return copy_text(v, n, m->client, sizeof m->client);
-	case GW_F_PRINCIPAL:
-		return copy_text(v, n, m->principal, sizeof m->principal);
-	case GW_F_GROUPS:
-		return copy_text(v, n, m->groups, sizeof m->groups);
-	case GW_F_RULE:
-		return copy_text(v, n, m->rule, sizeof m->rule);
+	case GW_F_CLIENT: return copy_text(v, n, m->client, sizeof m->client);
+	case GW_F_PRINCIPAL: return copy_text(v, n, m->principal, sizeof m->principal);
+	case GW_F_GROUPS: return copy_text(v, n, m->groups, sizeof m->groups);
+	case GW_F_RULE: return copy_text(v, n, m->rule, sizeof m->rule);
 	case GW_F_STATUS:
 		if (parse_i64(v, n, 100, 599, &x))
 			return -1;
@@ -161,16 +152,11 @@ static int decode_field(struct gw_meta *m, unsigned flag, const void *v, size_t 
 			return -1;
 		m->final = (int)x;
 		return 0;
-	case GW_F_CTYPE:
-		return copy_text(v, n, m->ctype, sizeof m->ctype);
-	case GW_F_HINT:
-		return copy_text(v, n, m->hint, sizeof m->hint);
-	case GW_F_CLUSTER:
-		return copy_text(v, n, m->cluster, sizeof m->cluster);
-	case GW_F_FRAMEWORK:
-		return copy_text(v, n, m->framework, sizeof m->framework);
-	case GW_F_MODELS:
-		return copy_text(v, n, m->models, sizeof m->models);
+	case GW_F_CTYPE: return copy_text(v, n, m->ctype, sizeof m->ctype);
+	case GW_F_HINT: return copy_text(v, n, m->hint, sizeof m->hint);
+	case GW_F_CLUSTER: return copy_text(v, n, m->cluster, sizeof m->cluster);
+	case GW_F_FRAMEWORK: return copy_text(v, n, m->framework, sizeof m->framework);
+	case GW_F_MODELS: return copy_text(v, n, m->models, sizeof m->models);
 	case GW_F_CANCEL:
 		if (parse_i64(v, n, 0, 1, &x))
 			return -1;
@@ -255,24 +241,29 @@ int wire_encode(const struct gw_meta *m, unsigned want, rd_kafka_headers_t *h)
 			continue;
 		int rc = 0;
 		switch (f) {
-		case GW_F_ID:
-			rc = wire_id_valid(m->id) ? add_text(h, name, m->id) : -1;
-			break;
+		case GW_F_ID: rc = wire_id_valid(m->id) ? add_text(h, name, m->id) : -1; break;
 		case GW_F_DEADLINE: rc = add_int(h, name, m->deadline_ms); break;
-		case GW_F_REPLY: rc = m->reply_partition < 0 ? -1 : add_int(h, name, m->reply_partition); break;
+		case GW_F_REPLY:
+			rc = m->reply_partition < 0 ? -1 : add_int(h, name, m->reply_partition);
+			break;
 		case GW_F_ROUTE: rc = add_text(h, name, m->route); break;
 		case GW_F_MODEL: rc = add_text(h, name, m->model); break;
 		case GW_F_STREAM: rc = add_int(h, name, m->stream ? 1 : 0); break;
 		case GW_F_CRED:
 			rc = (m->cred_len == 0 || m->cred_len > GW_CRED_MAX)
-				     ? -1
-				     : (rd_kafka_header_add(h, name, -1, m->cred, (ssize_t)m->cred_len) ? -1 : 0);
+				 ? -1
+				 : (rd_kafka_header_add(h, name, -1, m->cred, (ssize_t)m->cred_len)
+					? -1
+					: 0);
 			break;
 		case GW_F_CLIENT: rc = add_text(h, name, m->client); break;
 		case GW_F_PRINCIPAL: rc = add_text(h, name, m->principal); break;
 		case GW_F_GROUPS: rc = add_text(h, name, m->groups); break;
 		case GW_F_RULE: rc = add_text(h, name, m->rule); break;
-		case GW_F_STATUS: rc = (m->status < 100 || m->status > 599) ? -1 : add_int(h, name, m->status); break;
+		case GW_F_STATUS:
+			rc =
+			    (m->status < 100 || m->status > 599) ? -1 : add_int(h, name, m->status);
+			break;
 		case GW_F_SEQ: rc = m->seq < 0 ? -1 : add_int(h, name, m->seq); break;
 		case GW_F_FINAL: rc = add_int(h, name, m->final ? 1 : 0); break;
 		case GW_F_CTYPE: rc = add_text(h, name, m->ctype); break;

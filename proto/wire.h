@@ -7,39 +7,39 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GW_WIRE_MAJOR 1
+#define GW_WIRE_MAJOR   1
 #define GW_WIRE_VERSION "1.0"
 
-#define GW_TOPIC_REQUESTS "gw.requests"
+#define GW_TOPIC_REQUESTS   "gw.requests"
 #define GW_TOPIC_AUTHORIZED "gw.authorized"
-#define GW_TOPIC_REPLIES "gw.replies"
-#define GW_TOPIC_USAGE "gw.usage"
-#define GW_TOPIC_AUDIT "gw.audit"
-#define GW_TOPIC_CONTROL "gw.control"
+#define GW_TOPIC_REPLIES    "gw.replies"
+#define GW_TOPIC_USAGE      "gw.usage"
+#define GW_TOPIC_AUDIT      "gw.audit"
+#define GW_TOPIC_CONTROL    "gw.control"
 #define GW_TOPIC_DEADLETTER "gw.deadletter"
 
-#define GW_H_VERSION "gw-v"
-#define GW_H_ID "gw-id"
-#define GW_H_DEADLINE "gw-deadline"
-#define GW_H_REPLY "gw-reply"
-#define GW_H_ROUTE "gw-route"
-#define GW_H_MODEL "gw-model"
-#define GW_H_STREAM "gw-stream"
-#define GW_H_CRED "gw-cred"
-#define GW_H_CLIENT "gw-client"
-#define GW_H_PRINCIPAL "gw-principal"
-#define GW_H_GROUPS "gw-groups"
-#define GW_H_RULE "gw-rule"
-#define GW_H_STATUS "gw-status"
-#define GW_H_SEQ "gw-seq"
-#define GW_H_FINAL "gw-final"
-#define GW_H_CTYPE "gw-ctype"
-#define GW_H_REASON "gw-reason"
-#define GW_H_HINT "gw-hint"
-#define GW_H_CLUSTER "gw-cluster"
-#define GW_H_FRAMEWORK "gw-framework"
-#define GW_H_MODELS "gw-models"
-#define GW_H_CANCEL "gw-cancel"
+#define GW_H_VERSION     "gw-v"
+#define GW_H_ID          "gw-id"
+#define GW_H_DEADLINE    "gw-deadline"
+#define GW_H_REPLY       "gw-reply"
+#define GW_H_ROUTE       "gw-route"
+#define GW_H_MODEL       "gw-model"
+#define GW_H_STREAM      "gw-stream"
+#define GW_H_CRED        "gw-cred"
+#define GW_H_CLIENT      "gw-client"
+#define GW_H_PRINCIPAL   "gw-principal"
+#define GW_H_GROUPS      "gw-groups"
+#define GW_H_RULE        "gw-rule"
+#define GW_H_STATUS      "gw-status"
+#define GW_H_SEQ         "gw-seq"
+#define GW_H_FINAL       "gw-final"
+#define GW_H_CTYPE       "gw-ctype"
+#define GW_H_REASON      "gw-reason"
+#define GW_H_HINT        "gw-hint"
+#define GW_H_CLUSTER     "gw-cluster"
+#define GW_H_FRAMEWORK   "gw-framework"
+#define GW_H_MODELS      "gw-models"
+#define GW_H_CANCEL      "gw-cancel"
 /* On a 429/503 reply: seconds the client should wait; ingress sends it as Retry-After. */
 #define GW_H_RETRY_AFTER "gw-retry-after"
 
@@ -67,7 +67,7 @@ enum {
 	GW_F_CANCEL = 1u << 19,
 };
 
-#define GW_ID_HEX 32
+#define GW_ID_HEX   32
 #define GW_CRED_MAX 8192
 
 /* Metadata of one message. Plain value type: fixed buffers, no ownership.
@@ -88,11 +88,11 @@ struct gw_meta {
 	int32_t seq;
 	int final;
 	char ctype[128];
-	char hint[128]; /* principal hint: the gw.requests key, carried for gw.usage */
-	char cluster[64];   /* FIRST routes: /resource_server/{cluster}/{framework}/v1/... */
+	char hint[128];   /* principal hint: the gw.requests key, carried for gw.usage */
+	char cluster[64]; /* FIRST routes: /resource_server/{cluster}/{framework}/v1/... */
 	char framework[64];
-	char models[2048];  /* models the principal may use, comma-separated; "*" = any */
-	int cancel;         /* a cancel for request `id` (ingress -> dispatcher) */
+	char models[2048]; /* models the principal may use, comma-separated; "*" = any */
+	int cancel;        /* a cancel for request `id` (ingress -> dispatcher) */
 	size_t cred_len;
 	unsigned char cred[GW_CRED_MAX];
 };

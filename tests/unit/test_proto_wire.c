@@ -29,8 +29,9 @@ static void test_roundtrip(void)
 	meta.final = 1;
 	meta.cred_len = 5;
 	memcpy(meta.cred, "\x01\x00\xff\x10\x02", 5);
-	unsigned all = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL | GW_F_STREAM |
-		       GW_F_PRINCIPAL | GW_F_STATUS | GW_F_SEQ | GW_F_FINAL | GW_F_CRED;
+	unsigned all = GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL |
+		       GW_F_STREAM | GW_F_PRINCIPAL | GW_F_STATUS | GW_F_SEQ | GW_F_FINAL |
+		       GW_F_CRED;
 	rd_kafka_headers_t *h = rd_kafka_headers_new(16);
 	CHECK(wire_encode(&meta, all, h) == 0);
 	const char *reason = "x";

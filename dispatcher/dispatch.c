@@ -27,9 +27,17 @@
 #define RETRY_MIN_LEFT_MS 50
 
 /* What a gw.authorized request must carry; gw-stream, gw-hint, gw-client, gw-groups,
- * gw-cluster, gw-framework and gw-models are optional. A cancel needs only gw-id. */
+ * gw-cluster, gw-framework and gw-models are optional, and gw-model is required only
+ * of routes that call an endpoint (the listings have none). A cancel needs only gw-id. */
 static const unsigned required_fields =
-    GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_MODEL | GW_F_PRINCIPAL;
+    GW_F_ID | GW_F_DEADLINE | GW_F_REPLY | GW_F_ROUTE | GW_F_PRINCIPAL;
+
+static int route_is_listing(const char *route)
+{
+	return strcmp(route, "/v1/models") == 0 ||
+	       strcmp(route, "/resource_server/list-endpoints") == 0 ||
+	       strcmp(route, "/resource_server/jobs") == 0;
+}
 
 enum dreq_state { DREQ_NEW, DREQ_WAITING, DREQ_CALLING, DREQ_BACKOFF, DREQ_DONE };
 
@@ -976,7 +984,12 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 		free(m);
 		return;
 	}
-	if (wire_decode(msg, required_fields, m, &reason) != 0) {
+	int decoded = wire_decode(msg, required_fields, m, &reason) == 0;
+	if (decoded && !(m->present & GW_F_MODEL) && !route_is_listing(m->route)) {
+		decoded = 0;
+		reason = "missing gw-model";
+	}
+	if (!decoded) {
 		if (wire_deadletter(&d->producer, msg, reason, &r->work) != 0)
 			r->work.failed = 1;
 		free(m);

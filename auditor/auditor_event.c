@@ -227,6 +227,7 @@ int auditor_event_map(const void *value, size_t len, int32_t partition, int64_t 
 	out->line = l.buf;
 	out->len = l.len;
 	memcpy(out->event_id, json_string_value(id), sizeof out->event_id);
+	out->chain_id = partition;
 	*reason = NULL;
 	rc = 0;
 out:

@@ -24,6 +24,7 @@ struct auditor_row {
 	char *line; /* owned by whoever received it from auditor_event_map; free() */
 	size_t len;
 	char event_id[33];
+	int32_t chain_id; /* the gw.audit partition: one hash chain per partition */
 };
 
 /* Validates value (len bytes, need not be NUL-terminated) and maps it. On success

@@ -22,11 +22,14 @@ struct ingest_part {
 };
 
 struct ingest_config {
-	int batch_max;          /* GW_AUDIT_BATCH */
-	int flush_ms;           /* GW_AUDIT_FLUSH_MS */
-	int fetch_wait_ms;      /* GW_AUDITOR_FETCH_WAIT_MS */
-	const char *group;      /* GW_AUDITOR_GROUP; borrowed, static or env storage */
-	long long statement_ms; /* GW_AUDITOR_STATEMENT_TIMEOUT_MS */
+	int batch_max;                    /* GW_AUDIT_BATCH */
+	int flush_ms;                     /* GW_AUDIT_FLUSH_MS */
+	int fetch_wait_ms;                /* GW_AUDITOR_FETCH_WAIT_MS */
+	const char *group;                /* GW_AUDITOR_GROUP; borrowed, static or env storage */
+	long long statement_ms;           /* GW_AUDITOR_STATEMENT_TIMEOUT_MS */
+	const struct checkpoint_key *key; /* GW_AUDIT_SIGNING_KEY_FILE; borrowed, may be NULL */
+	long long cp_events;              /* GW_AUDIT_CHECKPOINT_EVENTS */
+	long long cp_ms;                  /* GW_AUDIT_CHECKPOINT_SECONDS, in ms */
 };
 
 /* One per `auditor serve`, owned by main. */
@@ -49,8 +52,7 @@ struct ingest {
 	int stopping;
 	struct ingest_part *parts; /* owned */
 	int nparts, capparts;
-	char *copy; /* owned: the batch as one COPY stream, reused between batches */
-	size_t copylen, copycap;
+	struct auditor_row **rows; /* owned array of batch_max; points into batch slots */
 	struct metric *m_written, *m_duplicates, *m_batches, *m_deadletter, *m_rejected,
 	    *m_db_failures, *m_batch_seconds;
 };

@@ -1,12 +1,16 @@
 /* auditor: consumes gw.audit into the compliance log in PostgreSQL (`serve`), owns
  * the audit schema (`migrate`) and answers compliance queries (`query`). */
+#include "api.h"
+#include "checkpoint.h"
 #include "config.h"
 #include "ingest.h"
 #include "log.h"
 #include "pg.h"
 #include "query.h"
+#include "report.h"
 #include "runtime.h"
 #include "schema.h"
+#include "verify.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,18 +19,26 @@
 static void usage(FILE *f)
 {
 	fputs(
-	    "usage: auditor serve | migrate | query [flags] | --help\n"
+	    "usage: auditor serve | migrate | query | verify | report [flags] | --help\n"
 	    "  serve    consume gw.audit into audit.audit_events (admin on GW_ADMIN_LISTEN,\n"
 	    "           default 127.0.0.1:9103: /health /ready /metrics)\n"
 	    "  migrate  create or upgrade the audit schema and grant the runtime roles\n"
 	    "  query    print stored events; `auditor query --help` for its flags\n"
+	    "  verify   check every hash chain; `auditor verify --help` for its flags\n"
+	    "  report   requests, denials, errors, tokens by principal|model|endpoint|day\n"
 	    "environment:\n"
 	    "  GW_DATABASE_URL[_FILE]        libpq URL of the writer role (serve, query)\n"
 	    "  GW_DATABASE_ADMIN_URL[_FILE]  migrations (migrate; serve migrates first when set)\n"
 	    "  GW_AUDITOR_ROLE, GW_COMPLIANCE_ROLE  roles granted INSERT+SELECT / SELECT\n"
 	    "  GW_KAFKA_BROKERS, GW_KAFKA_PROPERTIES, GW_AUDITOR_GROUP (auditor),\n"
 	    "  GW_AUDITOR_FETCH_WAIT_MS (50), GW_AUDIT_BATCH (1000), GW_AUDIT_FLUSH_MS (20),\n"
-	    "  GW_AUDITOR_STATEMENT_TIMEOUT_MS (10000), GW_ADMIN_LISTEN, GW_LOG_LEVEL\n",
+	    "  GW_AUDITOR_STATEMENT_TIMEOUT_MS (10000), GW_ADMIN_LISTEN, GW_LOG_LEVEL\n"
+	    "  GW_AUDIT_SIGNING_KEY_FILE (Ed25519 PEM; unset: no checkpoints),\n"
+	    "  GW_AUDIT_CHECKPOINT_EVENTS (10000), GW_AUDIT_CHECKPOINT_SECONDS (60)\n"
+	    "  GW_AUDIT_VERIFY_KEY_FILE (verify; default: the signing key's public half)\n"
+	    "  GW_AUDIT_API_KEY[_FILE] (enables GET /audit/events, /audit/report on the admin\n"
+	    "  port), GW_AUDIT_API_DATABASE_URL[_FILE] (GW_DATABASE_URL), "
+	    "GW_AUDIT_API_TIMEOUT_MS\n",
 	    f);
 }
 
@@ -68,12 +80,16 @@ static int cmd_migrate(void)
 
 static int read_config(struct ingest_config *cfg)
 {
-	long long batch, flush, wait, stmt;
+	long long batch, flush, wait, stmt, cpe, cps;
 	if (config_int("GW_AUDIT_BATCH", 1000, 1, 100000, &batch) != 0 ||
 	    config_int("GW_AUDIT_FLUSH_MS", 20, 0, 60000, &flush) != 0 ||
 	    config_int("GW_AUDITOR_FETCH_WAIT_MS", 50, 0, 10000, &wait) != 0 ||
-	    config_int("GW_AUDITOR_STATEMENT_TIMEOUT_MS", 10000, 100, 600000, &stmt) != 0)
+	    config_int("GW_AUDITOR_STATEMENT_TIMEOUT_MS", 10000, 100, 600000, &stmt) != 0 ||
+	    config_int("GW_AUDIT_CHECKPOINT_EVENTS", 10000, 1, 100000000, &cpe) != 0 ||
+	    config_int("GW_AUDIT_CHECKPOINT_SECONDS", 60, 1, 86400, &cps) != 0)
 		return -1;
+	cfg->cp_events = cpe;
+	cfg->cp_ms = cps * 1000;
 	cfg->batch_max = (int)batch;
 	cfg->flush_ms = (int)flush;
 	cfg->fetch_wait_ms = (int)wait;
@@ -86,6 +102,8 @@ static int cmd_serve(void)
 {
 	static struct runtime rt;
 	static struct ingest in;
+	static struct checkpoint_key key;
+	static struct api api;
 	struct ingest_config cfg;
 	char *url = NULL, *admin = NULL;
 	int rc = 1;
@@ -93,6 +111,20 @@ static int cmd_serve(void)
 	if (runtime_setup(&rt, "auditor", "127.0.0.1:9103") != 0 || read_config(&cfg) != 0 ||
 	    admin_url(&admin) != 0 || config_secret("GW_DATABASE_URL", &url, NULL) != 0)
 		goto out;
+	if (api_init(&api, &rt) != 0)
+		goto out;
+	const char *keyfile = config_str("GW_AUDIT_SIGNING_KEY_FILE", NULL);
+	if (keyfile && *keyfile) {
+		if (checkpoint_key_load(&key, keyfile, 1) != 0)
+			goto out;
+		cfg.key = &key;
+		log_info("signing checkpoints", LS("key_id", key.key_id),
+			 LI("every_events", cfg.cp_events), LI("every_ms", cfg.cp_ms));
+	} else {
+		cfg.key = NULL;
+		log_warn("GW_AUDIT_SIGNING_KEY_FILE is not set: no signed checkpoints, so rows cut "
+			 "from a chain's tail cannot be detected");
+	}
 	if (!url) {
 		log_error(
 		    "GW_DATABASE_URL (or GW_DATABASE_URL_FILE) is not set: give the libpq URL "
@@ -121,6 +153,8 @@ static int cmd_serve(void)
 		rc = 0;
 out:
 	ingest_free(&in);
+	api_free(&api);
+	checkpoint_key_free(&key);
 	runtime_free(&rt);
 	if (admin) {
 		explicit_bzero(admin, strlen(admin));
@@ -160,6 +194,22 @@ int main(int argc, char **argv)
 		if (runtime_setup_cli("auditor") != 0)
 			return 1;
 		return query_main(argc - 1, argv + 1);
+	}
+	if (strcmp(cmd, "report") == 0) {
+		for (int i = 2; i < argc; i++)
+			if (strcmp(argv[i], "--help") == 0)
+				return report_main(argc - 1, argv + 1);
+		if (runtime_setup_cli("auditor") != 0)
+			return 1;
+		return report_main(argc - 1, argv + 1);
+	}
+	if (strcmp(cmd, "verify") == 0) {
+		for (int i = 2; i < argc; i++)
+			if (strcmp(argv[i], "--help") == 0)
+				return verify_main(argc - 1, argv + 1);
+		if (runtime_setup_cli("auditor") != 0)
+			return 3;
+		return verify_main(argc - 1, argv + 1);
 	}
 	usage(stderr);
 	return 2;

@@ -47,9 +47,10 @@ static const int table_cols[] = {1, 2, 3, 7, 13, 14, 11, 4};
 static void usage(FILE *f)
 {
 	fputs("usage: auditor query [--request-id ID] [--principal P] [--since T] [--until T]\n"
+	      "                     [--model M] [--endpoint E] [--outcome O] [--event-type T]\n"
 	      "                     [--limit N] [--format jsonl|table|csv]\n"
-	      "  Prints stored audit events ordered by event time. At least one of\n"
-	      "  --request-id, --principal, --since, --until is required.\n"
+	      "  Prints stored audit events ordered by event time. At least one filter is\n"
+	      "  required; filters combine with AND.\n"
 	      "  T: RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01) or an age: 30s, 15m, 24h, 7d, 2w.\n"
 	      "  --since is inclusive, --until exclusive. --limit defaults to 1000 (max 100000).\n"
 	      "  jsonl (default) prints each original event as one JSON line.\n"
@@ -139,12 +140,18 @@ int query_main(int argc, char **argv)
 	    {"principal", required_argument, NULL, 'p'},
 	    {"since", required_argument, NULL, 's'},
 	    {"until", required_argument, NULL, 'u'},
+	    {"model", required_argument, NULL, 'm'},
+	    {"endpoint", required_argument, NULL, 'e'},
+	    {"outcome", required_argument, NULL, 'o'},
+	    {"event-type", required_argument, NULL, 't'},
 	    {"limit", required_argument, NULL, 'l'},
 	    {"format", required_argument, NULL, 'f'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *request_id = NULL, *principal = NULL, *since = NULL, *until = NULL;
+	/* Equality filters on indexed or typed columns, in the order they are bound. */
+	const char *model = NULL, *endpoint = NULL, *outcome = NULL, *event_type = NULL;
 	long long limit = LIMIT_DEFAULT;
 	enum format format = FORMAT_JSONL;
 	int64_t now = wire_now_us(), since_us = 0, until_us = 0;
@@ -164,6 +171,10 @@ int query_main(int argc, char **argv)
 			}
 			break;
 		case 'p': principal = optarg; break;
+		case 'm': model = optarg; break;
+		case 'e': endpoint = optarg; break;
+		case 'o': outcome = optarg; break;
+		case 't': event_type = optarg; break;
 		case 's':
 		case 'u':
 			if (timearg_parse(optarg, now, c == 's' ? &since_us : &until_us) != 0) {
@@ -200,13 +211,14 @@ int query_main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (optind < argc || (!request_id && !principal && !since && !until)) {
+	if (optind < argc || (!request_id && !principal && !since && !until && !model &&
+			      !endpoint && !outcome && !event_type)) {
 		usage(stderr);
 		return 2;
 	}
 
-	char sql[sizeof select_sql + 512];
-	const char *params[5];
+	char sql[sizeof select_sql + 1024];
+	const char *params[9];
 	char since_s[24], until_s[24], limit_s[24];
 	int np = 0;
 	size_t len = (size_t)snprintf(sql, sizeof sql, "%s", select_sql);
@@ -217,6 +229,16 @@ int query_main(int argc, char **argv)
 	if (principal) {
 		params[np++] = principal;
 		len += (size_t)snprintf(sql + len, sizeof sql - len, " AND principal = $%d", np);
+	}
+	const char *eq[][2] = {{"model", model},
+			       {"endpoint", endpoint},
+			       {"outcome", outcome},
+			       {"event_type", event_type}};
+	for (size_t i = 0; i < sizeof eq / sizeof eq[0]; i++) {
+		if (!eq[i][1])
+			continue;
+		params[np++] = eq[i][1];
+		len += (size_t)snprintf(sql + len, sizeof sql - len, " AND %s = $%d", eq[i][0], np);
 	}
 	/* Microseconds since the epoch keep the bound exact (no float conversion). */
 	if (since) {

@@ -61,8 +61,51 @@ static const char migration_1[] =
     "columns index it: text there is capped (principal, model 1024 bytes) and a malformed "
     "member is NULL, never the record lost';\n";
 
+/* The hash chains (chain.h, docs/auditor.md). event becomes json: it keeps the message
+ * text verbatim, which the chain hashes; jsonb would reformat it. Rows already stored
+ * keep no chain; chain_start records how many, so verify can tell them from rows put in
+ * later. hash and prev_hash are lower-case hex: readable in psql and manifests. */
+static const char migration_2[] =
+    "ALTER TABLE audit.audit_events\n"
+    "  ALTER COLUMN event TYPE json USING event::json,\n"
+    "  ADD COLUMN chain_id  int,\n"
+    "  ADD COLUMN seq       bigint,\n"
+    "  ADD COLUMN prev_hash text,\n"
+    "  ADD COLUMN hash      text,\n"
+    "  ADD CONSTRAINT audit_events_chain_seq_key UNIQUE (chain_id, seq),\n"
+    "  ADD CONSTRAINT audit_events_chain_complete CHECK ((chain_id IS NULL AND seq IS NULL "
+    "AND prev_hash IS NULL AND hash IS NULL) OR (chain_id IS NOT NULL AND seq >= 1 AND "
+    "prev_hash ~ '^[0-9a-f]{64}$' AND hash ~ '^[0-9a-f]{64}$'));\n"
+    /* verify lists unchained rows; only those are in this index, so it stays tiny. */
+    "CREATE INDEX audit_events_unchained_idx ON audit.audit_events (event_id) "
+    "WHERE chain_id IS NULL;\n"
+    "CREATE TABLE audit.chain_start AS SELECT now() AS migrated_at, count(*) AS unchained_rows "
+    "FROM audit.audit_events;\n"
+    "COMMENT ON COLUMN audit.audit_events.hash IS 'SHA-256(prev_hash || canonical row), hex: "
+    "one chain per gw.audit partition (chain_id), seq from 1; see docs/auditor.md';\n"
+    "COMMENT ON TABLE audit.chain_start IS 'Rows stored before the hash chains began "
+    "(migration 2): auditor verify counts the unchained rows against it';\n";
+
+/* Signed chain heads (checkpoint.h). The signature covers chain_id, seq, hash and
+ * signed_at as text (checkpoint_message); key_id names the key that made it. */
+static const char migration_3[] =
+    "CREATE TABLE audit.checkpoints (\n"
+    "  chain_id  int NOT NULL,\n"
+    "  seq       bigint NOT NULL,\n"
+    "  hash      text NOT NULL CHECK (hash ~ '^[0-9a-f]{64}$'),\n"
+    "  signed_at timestamptz NOT NULL,\n"
+    "  key_id    text NOT NULL,\n"
+    "  signature text NOT NULL CHECK (signature ~ '^[0-9a-f]{128}$'),\n"
+    "  PRIMARY KEY (chain_id, seq)\n"
+    ");\n"
+    "COMMENT ON TABLE audit.checkpoints IS 'Ed25519-signed chain heads, written by the auditor "
+    "every GW_AUDIT_CHECKPOINT_EVENTS events or GW_AUDIT_CHECKPOINT_SECONDS; checked by auditor "
+    "verify';\n";
+
 static const struct pg_migration migrations[] = {
     {1, migration_1},
+    {2, migration_2},
+    {3, migration_3},
 };
 
 static int role_exists(PGconn *c, const char *role, const char *setting)
@@ -111,10 +154,12 @@ static int grant(PGconn *c, const char *auditor, const char *compliance)
 	}
 	const char *fmt =
 	    "BEGIN;\n"
-	    "REVOKE ALL ON audit.audit_events FROM PUBLIC, %1$s, %2$s;\n"
+	    "REVOKE ALL ON audit.audit_events, audit.chain_start, audit.checkpoints "
+	    "FROM PUBLIC, %1$s, %2$s;\n"
 	    "GRANT USAGE ON SCHEMA audit TO %1$s, %2$s;\n"
-	    "GRANT INSERT, SELECT ON audit.audit_events TO %1$s;\n"
-	    "GRANT SELECT ON audit.audit_events TO %2$s;\n"
+	    "GRANT INSERT, SELECT ON audit.audit_events, audit.checkpoints TO %1$s;\n"
+	    "GRANT SELECT ON audit.checkpoints TO %2$s;\n"
+	    "GRANT SELECT ON audit.audit_events, audit.chain_start TO %1$s, %2$s;\n"
 	    /* pg_schema_version() at `auditor serve` start runs as the writer role. */
 	    "GRANT SELECT ON public.schema_migrations TO %1$s, %2$s;\n"
 	    /* The writer stages each batch in a temp table (COPY, then INSERT). */

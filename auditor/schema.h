@@ -6,7 +6,7 @@
 #include <libpq-fe.h>
 
 /* The schema version this binary reads and writes. */
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 3
 
 /* Checks that the roles exist, applies pending migrations and the grants. Role names
  * come from GW_AUDITOR_ROLE and GW_COMPLIANCE_ROLE. Returns 0 or -1 (logged, saying

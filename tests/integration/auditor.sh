@@ -190,16 +190,16 @@ check_eq "migrate exits 0" 0 $?
 echo "$ADMIN_URL" >"$TMP/admin-url"
 GW_DATABASE_ADMIN_URL_FILE=$TMP/admin-url "$AUDITOR" migrate 2>>"$TMP/migrate.log"
 check_eq "migrate again, URL from a _FILE, exits 0 (idempotent)" 0 $?
-check_eq "schema_migrations records audit version 1" "1" \
-	"$(sql "SELECT string_agg(version::text, ',') FROM schema_migrations WHERE component = 'audit'")"
+check_eq "schema_migrations records audit versions 1,2,3" "1,2,3" \
+	"$(sql "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations WHERE component = 'audit'")"
 check_eq "event_time is timestamptz" "timestamp with time zone" \
 	"$(sql "SELECT data_type FROM information_schema.columns WHERE table_schema = 'audit' AND column_name = 'event_time'")"
-check_eq "unique event_id plus four indexes" 5 \
+check_eq "unique event_id, unique (chain_id, seq), five indexes" 7 \
 	"$(sql "SELECT count(*) FROM pg_indexes WHERE schemaname = 'audit' AND tablename = 'audit_events'")"
 check_eq "gw_auditor may INSERT and SELECT only" "INSERT,SELECT" \
-	"$(sql "SELECT string_agg(privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_auditor' AND table_schema = 'audit'")"
+	"$(sql "SELECT string_agg(DISTINCT privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_auditor' AND table_schema = 'audit'")"
 check_eq "gw_compliance may SELECT only" "SELECT" \
-	"$(sql "SELECT string_agg(privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_compliance' AND table_schema = 'audit'")"
+	"$(sql "SELECT string_agg(DISTINCT privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_compliance' AND table_schema = 'audit'")"
 
 # ---- broker and serve ----
 (cd "$TMP" && exec "$BROKER" --bootstrap-file "$TMP/bootstrap") >/dev/null 2>"$TMP/broker.log" &
@@ -251,9 +251,10 @@ check "still running" alive
 out=$(query --request-id "$RID1")
 check_eq "query exits 0" 0 $?
 check_eq "query prints one line per event" 21 "$(printf '%s\n' "$out" | grep -c .)"
-check_contains "lines are the stored events" "$(printf '%s\n' "$out" | head -n 1)" "\"event_id\": \"$FIRST_ID\""
+# Verbatim: the event column keeps the message text as produced (json, not jsonb).
+check_eq "lines are the stored events, verbatim" "$FIRST" "$(printf '%s\n' "$out" | head -n 1)"
 check_eq "ordered by event time" "$LAST_ID" \
-	"$(printf '%s\n' "$out" | tail -n 1 | sed 's/.*"event_id": "\([0-9a-f]*\)".*/\1/')"
+	"$(printf '%s\n' "$out" | tail -n 1 | sed 's/.*"event_id":"\([0-9a-f]*\)".*/\1/')"
 out=$(query --request-id "$RID1" --format csv)
 check_eq "csv: header plus 21 rows" 22 "$(printf '%s\n' "$out" | grep -c .)"
 check_contains "csv header" "$(printf '%s\n' "$out" | head -n 1)" "event_id,event_time,event_type,request_id"

@@ -128,6 +128,11 @@ check_contains "ingress /metrics counts requests by route and status" "$m" 'gw_i
 snap=$("$STACK_BIN/backup-agent/backup-agent" snapshot 2>"$STACK_DIR/snap.log")
 check "backup-agent snapshot succeeds" test -n "$snap"
 check_contains "backup-agent list shows it" "$("$STACK_BIN/backup-agent/backup-agent" list 2>/dev/null)" "$snap"
+# The snapshot restores into a scratch database and the auditor's chains verify there.
+vout=$("$STACK_BIN/backup-agent/backup-agent" verify "$snap" --format json 2>"$STACK_DIR/verify.log")
+vrc=$?
+check_eq "backup-agent verify: the snapshot restores and verifies" 0 "$vrc"
+check_eq "backup-agent verify: the audit chains were checked" true "$(jq -r '.chain_checked' <<<"$vout" 2>/dev/null)"
 
 # --- the credential never leaks ---
 check_eq "the API key appears in no log" "" "$(grep -rl -F -- "${KEY#gw_*_}" "$STACK_DIR/logs" 2>/dev/null)"

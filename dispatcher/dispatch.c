@@ -987,7 +987,7 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 	int decoded = wire_decode(msg, required_fields, m, &reason) == 0;
 	if (decoded && !(m->present & GW_F_MODEL) && !route_is_listing(m->route)) {
 		decoded = 0;
-		reason = "missing gw-model";
+		reason = "missing required header"; /* gw-model, as the decoder words it */
 	}
 	if (!decoded) {
 		if (wire_deadletter(&d->producer, msg, reason, &r->work) != 0)

@@ -219,12 +219,10 @@ check_eq "a failing auditor verify fails verify" 1 $?
 check_contains "  with its message" "$OUT" "chain 0 broken at seq 7"
 check_eq "  and the scratch database is dropped" 0 "$(scratch_dbs)"
 rm -f "$T/auditor_fails"
-if [ -x "$BUILD/auditor/auditor" ]; then
-	OUT=$(run_agent GW_AUDITOR_BIN="$BUILD/auditor/auditor" -- verify "$ID" 2>&1)
-	check_eq "verify with the real auditor exits 0" 0 $?
-	# Says which of the two happened: the chain check ran, or why it could not.
-	check_contains "  and says what the chain check did" "$OUT" "chain: "
-fi
+# This database's audit schema is made by hand above, without the auditor's
+# migrations, so the real `auditor verify` cannot judge it. The real pairing (a
+# snapshot of an auditor-migrated database whose chains verify after the restore)
+# is checked by tests/integration/e2e.sh.
 
 # ---- restore ----
 psql_su -d postgres -c "CREATE DATABASE target"

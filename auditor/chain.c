@@ -1,5 +1,6 @@
 /* Hash-chain arithmetic shared by the writer (store.c) and `auditor verify`. */
 #include "chain.h"
+#include "hex.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -122,34 +123,10 @@ int chain_hash_copy_line(const unsigned char *prev, int32_t chain_id, const char
 
 void chain_hex(const unsigned char *h, char *out)
 {
-	static const char d[] = "0123456789abcdef";
-	for (int i = 0; i < CHAIN_HASH_LEN; i++) {
-		out[2 * i] = d[h[i] >> 4];
-		out[2 * i + 1] = d[h[i] & 15];
-	}
-	out[CHAIN_HEX_LEN] = 0;
-}
-
-static int nibble(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
+	hex_encode(h, CHAIN_HASH_LEN, out);
 }
 
 int chain_unhex(const char *s, unsigned char *out)
 {
-	if (!s || strlen(s) != CHAIN_HEX_LEN)
-		return -1;
-	for (int i = 0; i < CHAIN_HASH_LEN; i++) {
-		int a = nibble(s[2 * i]), b = nibble(s[2 * i + 1]);
-		if (a < 0 || b < 0)
-			return -1;
-		out[i] = (unsigned char)(a << 4 | b);
-	}
-	return 0;
+	return hex_decode(s, CHAIN_HASH_LEN, out);
 }

@@ -1,6 +1,7 @@
 /* API key format, generation, hashing and constant-time verification (see apikey.h).
  * Only OpenSSL: ingress links this file to derive the principal hint. */
 #include "apikey.h"
+#include "hex.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -114,35 +115,12 @@ int apikey_hash(const void *key, size_t len, unsigned char out[APIKEY_HASH_LEN])
 
 void apikey_hash_hex(const unsigned char hash[APIKEY_HASH_LEN], char out[APIKEY_HASH_HEX + 1])
 {
-	for (int i = 0; i < APIKEY_HASH_LEN; i++) {
-		out[2 * i] = hexdigits[hash[i] >> 4];
-		out[2 * i + 1] = hexdigits[hash[i] & 15];
-	}
-	out[APIKEY_HASH_HEX] = 0;
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
+	hex_encode(hash, APIKEY_HASH_LEN, out);
 }
 
 int apikey_hash_unhex(const char *hex, unsigned char out[APIKEY_HASH_LEN])
 {
-	if (!hex || strnlen(hex, APIKEY_HASH_HEX + 1) != APIKEY_HASH_HEX)
-		return -1;
-	for (int i = 0; i < APIKEY_HASH_LEN; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return -1;
-		out[i] = (unsigned char)(hi << 4 | lo);
-	}
-	return 0;
+	return hex_decode(hex, APIKEY_HASH_LEN, out);
 }
 
 int apikey_verify(const void *key, size_t len, const unsigned char hash[APIKEY_HASH_LEN])

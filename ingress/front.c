@@ -4,6 +4,7 @@
 #include "audit.h"
 #include "check.h"
 #include "config.h"
+#include "hex.h"
 #include "log.h"
 #include "openai.h"
 #include "wire.h"
@@ -18,16 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-static void hex_encode(const unsigned char *in, size_t n, char *out)
-{
-	static const char hex[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = hex[in[i] >> 4];
-		out[2 * i + 1] = hex[in[i] & 15];
-	}
-	out[2 * n] = 0;
-}
 
 void front_count(struct ingress *ig, const char *route, int status)
 {

@@ -2,6 +2,7 @@
  * version byte 1 | 12-byte random nonce | ciphertext | 16-byte tag. */
 #include "seal.h"
 #include "config.h"
+#include "hex.h"
 #include "log.h"
 
 #include <openssl/crypto.h>
@@ -12,28 +13,9 @@
 
 #define SEAL_VERSION 1
 
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int seal_key_parse(const char *hex, unsigned char key[SEAL_KEY_LEN])
 {
-	if (!hex || strlen(hex) != SEAL_KEY_LEN * 2)
-		return -1;
-	for (int i = 0; i < SEAL_KEY_LEN; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return -1;
-		key[i] = (unsigned char)(hi << 4 | lo);
-	}
-	return 0;
+	return hex_decode(hex, SEAL_KEY_LEN, key);
 }
 
 int seal_key_load(unsigned char key[SEAL_KEY_LEN])

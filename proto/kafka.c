@@ -11,9 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-#define PUMP_BATCH 512
+#define PUMP_BATCH        512
+/* How long a closing consumer may wait for its group leave and final commit. */
+#define CONSUMER_CLOSE_MS 10000
 
 /* One partition's in-flight offsets, a ring in arrival order. Owned by its consumer,
  * freed in kafka_consumer_close. */
@@ -667,11 +670,44 @@ int kafka_consumer_close(struct kafka_consumer *c)
 	if (!c->rk)
 		return 0;
 	c->closing = 1;
-	rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
-	if (err)
-		log_error("consumer close failed", LS("error", rd_kafka_err2str(err)));
+	/* rd_kafka_consumer_close waits for the group leave and the final commit without
+	 * bound when the broker is gone, which would turn SIGTERM into a hang; the queue
+	 * form lets us give up after CONSUMER_CLOSE_MS and skip the close in destroy. */
+	int err = 0;
+	int closed = 0;
+	rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
+	rd_kafka_error_t *cerr = q ? rd_kafka_consumer_close_queue(c->rk, q) : NULL;
+	if (!q) {
+		log_error("consumer close: cannot create a queue");
+		err = 1;
+	} else if (cerr) {
+		log_error("consumer close failed", LS("error", rd_kafka_error_string(cerr)));
+		rd_kafka_error_destroy(cerr);
+		err = 1;
+	} else {
+		struct timespec t0, t;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		while (!(closed = rd_kafka_consumer_closed(c->rk))) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >
+			    CONSUMER_CLOSE_MS)
+				break;
+			rd_kafka_queue_poll_callback(q, 100); /* serves the revoke (rebalance_cb) */
+		}
+		if (!closed) {
+			log_error("consumer close timed out: offsets stored since the last commit "
+				  "were not committed and will be consumed again",
+				  LI("timeout_ms", CONSUMER_CLOSE_MS));
+			err = 1;
+		}
+	}
+	if (q)
+		rd_kafka_queue_destroy(q);
 	pump_close(&c->pump);
-	rd_kafka_destroy(c->rk);
+	if (closed)
+		rd_kafka_destroy(c->rk);
+	else
+		rd_kafka_destroy_flags(c->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	c->rk = NULL;
 	for (int i = 0; i < c->nparts; i++) {
 		free(c->parts[i]->offsets);

@@ -1,6 +1,7 @@
 /* authz's schema, grants and SQL. The key query is paged in (updated_at, key_id) order
  * and serves both the blocking start-up load and the non-blocking refresh. */
 #include "db.h"
+#include "limiter.h"
 #include "log.h"
 #include "pg.h"
 
@@ -34,8 +35,17 @@ static const char migration_1[] =
     " tokens bigint NOT NULL DEFAULT 0,"
     " PRIMARY KEY (principal, day));";
 
+/* Group day/month quotas: every copy adds the usage of the group's members it counted
+ * (each member's usage is counted by one copy, the group's by all of them). */
+static const char migration_2[] = "CREATE TABLE authz.group_usage ("
+				  " grp text NOT NULL,"
+				  " day date NOT NULL,"
+				  " tokens bigint NOT NULL DEFAULT 0,"
+				  " PRIMARY KEY (grp, day));";
+
 static const struct pg_migration migrations[] = {
     {1, migration_1},
+    {2, migration_2},
 };
 
 /* Rows younger than 2 s are re-read every pass (see struct db_cursor). */
@@ -52,10 +62,22 @@ const char DB_SQL_KEYS_PAGE[] =
     " ORDER BY updated_at, key_id LIMIT $3::int";
 
 const char DB_SQL_USAGE_UPSERT[] =
-    "INSERT INTO authz.usage AS u (principal, day, tokens)"
+    "WITH p AS (INSERT INTO authz.usage AS u (principal, day, tokens)"
     " SELECT principal, day, tokens FROM json_to_recordset($1::json)"
     " AS x(principal text, day date, tokens bigint)"
-    " ON CONFLICT (principal, day) DO UPDATE SET tokens = u.tokens + EXCLUDED.tokens";
+    " ON CONFLICT (principal, day) DO UPDATE SET tokens = u.tokens + EXCLUDED.tokens)"
+    " INSERT INTO authz.group_usage AS g (grp, day, tokens)"
+    " SELECT principal, day, tokens FROM json_to_recordset($2::json)"
+    " AS x(principal text, day date, tokens bigint)"
+    " ON CONFLICT (grp, day) DO UPDATE SET tokens = g.tokens + EXCLUDED.tokens";
+
+const char DB_SQL_GROUP_QUOTA_LOAD[] =
+    "SELECT g.grp, coalesce(sum(u.tokens) FILTER (WHERE u.day = $2::date), 0)::bigint,"
+    " coalesce(sum(u.tokens), 0)::bigint"
+    " FROM json_array_elements_text($1::json) AS g(grp)"
+    " LEFT JOIN authz.group_usage u ON u.grp = g.grp"
+    " AND u.day >= date_trunc('month', $2::date)::date AND u.day <= $2::date"
+    " GROUP BY g.grp";
 
 /* Today's and this month's tokens of one principal ($2 = today, UTC). The month is the
  * sum of its day rows, so no second table has to be kept in step. */
@@ -112,7 +134,9 @@ int db_migrate(PGconn *c, const char *role)
 	rc |= exec_cmd(c, sql, 0, NULL, "grant schema usage");
 	/* No DELETE: keys are revoked, never removed, so the audit trail can name them. */
 	snprintf(sql, sizeof sql,
-		 "GRANT SELECT, INSERT, UPDATE ON authz.api_keys, authz.usage TO %s", ident);
+		 "GRANT SELECT, INSERT, UPDATE ON authz.api_keys, authz.usage, authz.group_usage"
+		 " TO %s",
+		 ident);
 	rc |= exec_cmd(c, sql, 0, NULL, "grant table rights");
 	PQfreemem(ident);
 	if (rc == 0)
@@ -212,6 +236,39 @@ int db_keys_apply(const PGresult *r, struct key_cache *c, struct db_cursor *cur,
 			  LI("refused", *refused), LS("first_key_id", first_refused),
 			  LI("cached", c->count), LI("max", c->max));
 	return n;
+}
+
+int db_group_quotas_load(PGconn *conn, struct limiter *l, int64_t now_ms)
+{
+	char *json = NULL;
+	int32_t day = usage_day(now_ms);
+	int n = limiter_group_sync_begin(l, day, &json);
+	if (n < 0) {
+		log_error("out of memory loading the group quotas");
+		return -1;
+	}
+	if (n == 0)
+		return 0;
+	char today[16];
+	usage_day_str(day, today, sizeof today);
+	const char *params[] = {json, today};
+	PGresult *r = PQexecParams(conn, DB_SQL_GROUP_QUOTA_LOAD, 2, NULL, params, NULL, NULL, 0);
+	free(json);
+	if (PQresultStatus(r) != PGRES_TUPLES_OK || PQnfields(r) != 3) {
+		log_error("cannot load the group quota totals: has `authz migrate` run (table "
+			  "authz.group_usage), and does the role have SELECT on it?",
+			  LS("error", PQresultErrorMessage(r)));
+		PQclear(r);
+		limiter_group_sync_end(l, 0, day);
+		return -1;
+	}
+	for (int i = 0; i < PQntuples(r); i++)
+		limiter_group_synced(l, PQgetvalue(r, i, 0), strtoll(PQgetvalue(r, i, 1), NULL, 10),
+				     strtoll(PQgetvalue(r, i, 2), NULL, 10));
+	PQclear(r);
+	limiter_group_sync_end(l, 1, day);
+	log_info("group quota totals loaded", LI("groups", n), LS("day", today));
+	return 0;
 }
 
 long db_keys_load(PGconn *conn, struct key_cache *c, struct db_cursor *cur)

@@ -28,7 +28,12 @@ struct db_page_params {
 };
 
 extern const char DB_SQL_KEYS_PAGE[];
+/* $1 principal rows, $2 group rows (JSON arrays as usage_flush_begin builds them; "[]"
+ * for none): both tables in one statement, so one commit covers the flushed messages. */
 extern const char DB_SQL_USAGE_UPSERT[];
+/* $1 JSON array of group names, $2 today: one row per group (name, day tokens, month
+ * tokens). */
+extern const char DB_SQL_GROUP_QUOTA_LOAD[];
 /* $1 principal, $2 today (YYYY-MM-DD): one row (day tokens, month tokens). */
 extern const char DB_SQL_QUOTA_LOAD[];
 
@@ -45,6 +50,11 @@ void db_page_params(const struct db_cursor *cur, struct db_page_params *p);
  * not the key query's. Rows the cache refuses are counted in *refused (and logged once
  * per call with the first id). */
 int db_keys_apply(const PGresult *r, struct key_cache *c, struct db_cursor *cur, int *refused);
+
+/* Blocking load of the group quota totals for start-up (no-op without quota groups).
+ * Returns 0 or -1 (logged). */
+struct limiter;
+int db_group_quotas_load(PGconn *conn, struct limiter *l, int64_t now_ms);
 
 /* Blocking full load for start-up. Returns the number of keys read or -1 (logged). */
 long db_keys_load(PGconn *conn, struct key_cache *c, struct db_cursor *cur);

@@ -6,7 +6,9 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +70,47 @@ struct fetcher *fetch_new(struct event_base *base, const char *url, int timeout_
 	return f;
 }
 
+int fetch_ssl_ca(SSL_CTX *ctx, const char *ca_file, const char *what)
+{
+	X509_STORE *st = X509_STORE_new();
+	if (!st || X509_STORE_load_file(st, ca_file) != 1) {
+		unsigned long e = ERR_get_error();
+		log_error("cannot load the CA file: check GW_AUTHZ_CA_FILE", LS("file", ca_file),
+			  LS("for", what), LS("error", e ? ERR_reason_error_string(e) : "unknown"));
+		ERR_clear_error();
+		X509_STORE_free(st);
+		return -1;
+	}
+	SSL_CTX_set_cert_store(ctx, st); /* takes st, frees the previous store */
+	return 0;
+}
+
+int fetch_set_ca_file(struct fetcher *f, const char *ca_file)
+{
+	return f->ssl ? fetch_ssl_ca(f->ssl, ca_file, "GW_JWKS_URL") : 0;
+}
+
+void fetch_tls_error(struct evhttp_connection *conn, char *out, size_t cap)
+{
+	out[0] = 0;
+	struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+	SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+	if (!ssl)
+		return;
+	long v = SSL_get_verify_result(ssl);
+	if (v != X509_V_OK) {
+		snprintf(out, cap, "TLS certificate verification failed: %s",
+			 X509_verify_cert_error_string(v));
+		return;
+	}
+	unsigned long e = bufferevent_get_openssl_error(bev);
+	if (e) {
+		char buf[256];
+		ERR_error_string_n(e, buf, sizeof buf);
+		snprintf(out, cap, "TLS error: %s", buf);
+	}
+}
+
 static void on_response(struct evhttp_request *req, void *arg)
 {
 	struct fetcher *f = arg;
@@ -75,14 +118,23 @@ static void on_response(struct evhttp_request *req, void *arg)
 	int status = req ? evhttp_request_get_response_code(req) : 0;
 	struct evbuffer *b = req ? evhttp_request_get_input_buffer(req) : NULL;
 	size_t len = b ? evbuffer_get_length(b) : 0;
+	char err[300] = "";
 	if (status == 200 && len > f->max_body) {
-		log_error("fetched document too large", LS("host", f->host),
-			  LI("bytes", (long long)len));
+		snprintf(err, sizeof err, "document too large (%zu bytes, at most %zu)", len,
+			 f->max_body);
 		status = 0;
 		len = 0;
+	} else if (status == 0) {
+		fetch_tls_error(f->conn, err, sizeof err);
+		if (!err[0])
+			snprintf(err, sizeof err,
+				 "no answer (connection refused, closed or timed "
+				 "out)");
+	} else if (status != 200) {
+		snprintf(err, sizeof err, "HTTP status %d", status);
 	}
 	const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
-	f->done(f->arg, status, body ? body : "", body ? len : 0);
+	f->done(f->arg, status, body ? body : "", body ? len : 0, err[0] ? err : NULL);
 }
 
 int fetch_start(struct fetcher *f)
@@ -132,6 +184,11 @@ int fetch_start(struct fetcher *f)
 	}
 	f->req = req;
 	return 0;
+}
+
+int fetch_busy(const struct fetcher *f)
+{
+	return f && f->req != NULL;
 }
 
 void fetch_free(struct fetcher *f)

@@ -1,6 +1,7 @@
 /* RFC 7662 introspection client and its cache. The token leaves this process only in
  * the POST body to the introspection endpoint; the cache holds its SHA-256 alone. */
 #include "introspect.h"
+#include "fetch.h"
 #include "log.h"
 
 #include <event2/buffer.h>
@@ -131,6 +132,11 @@ struct introspect *introspect_new(struct event_base *base, const struct introspe
 		SSL_CTX_set_min_proto_version(in->ssl, TLS1_2_VERSION);
 	}
 	return in;
+}
+
+int introspect_set_ca_file(struct introspect *in, const char *ca_file)
+{
+	return in->ssl ? fetch_ssl_ca(in->ssl, ca_file, "GW_INTROSPECTION_URL") : 0;
 }
 
 static void entry_free(struct intro_entry *e)
@@ -305,6 +311,8 @@ static void on_response(struct evhttp_request *req, void *arg)
 	struct intro_entry *e = arg;
 	struct introspect *in = e->owner;
 	e->call = NULL;
+	/* Retired connections stay alive until the next reap: its TLS state can be read. */
+	struct evhttp_connection *conn = e->conn;
 	retire_conn(in, e);
 	int code = req ? evhttp_request_get_response_code(req) : 0;
 	int64_t now = 0;
@@ -323,8 +331,15 @@ static void on_response(struct evhttp_request *req, void *arg)
 			log_error("introspection answer not understood (no boolean 'active')",
 				  LS("host", in->host));
 	} else {
+		char err[300] = "";
+		if (code == 0)
+			fetch_tls_error(conn, err, sizeof err);
 		log_error("introspection call failed: new opaque tokens get 503 until it answers",
-			  LS("host", in->host), LI("status", code));
+			  LS("host", in->host), LI("status", code),
+			  LS("error", err[0] ? err
+				      : code
+					  ? "unexpected HTTP status"
+					  : "no answer (connection refused, closed or timed out)"));
 	}
 	if (rc < 0) {
 		unlink_entry(in, e);

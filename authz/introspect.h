@@ -53,6 +53,9 @@ struct introspect_config {
 struct introspect *introspect_new(struct event_base *base, const struct introspect_config *cfg,
 				  introspect_done_fn done);
 void introspect_free(struct introspect *in);
+/* Verifies an https endpoint against this PEM CA file instead of the system store.
+ * 0, or -1 (logged); no-op for http. */
+int introspect_set_ca_file(struct introspect *in, const char *ca_file);
 
 /* Looks tok up. Returns INTRO_OK / INTRO_DENIED from the cache (id filled on OK), or -1
  * when the waiter was parked until the answer (done will be called), or

@@ -463,7 +463,7 @@ enum jwt_result jwt_verify(const struct jwt_config *cfg, const struct jwks *keys
 			FAIL("token algorithm %s does not match its key (kid '%.64s')", algs, kid);
 		if (!tried && kid) {
 			rc = JWT_UNKNOWN_KID;
-			FAIL("token signed with an unknown key (kid '%.64s')", kid);
+			FAIL("token signed with an unknown key id (kid '%.64s')", kid);
 		}
 		if (!tried)
 			FAIL("no %s key to verify the token with", algs);

@@ -12,7 +12,7 @@
 #include "introspect.h"
 #include "jwt.h"
 #include "keys.h"
-#include "limits.h"
+#include "limiter.h"
 #include "log.h"
 #include "metrics.h"
 #include "openai.h"
@@ -57,12 +57,14 @@ struct req_work {
 	struct req_work *prev, *next;
 };
 
-/* A request parked until its token's introspection answers: owns msg and a copy of its
- * metadata (without the sealed credential). Freed when it resumes, or at shutdown. */
+/* A request parked until its token's introspection answers, or until the JWKS refetch
+ * its unknown key id started ends: owns msg and a copy of its metadata (without the
+ * sealed credential). Freed when it resumes, or at shutdown. */
 struct held_req {
 	struct req_work *rw;
 	rd_kafka_message_t *msg;
 	struct gw_meta meta;
+	int64_t since_ms;
 	struct held_req *prev, *next;
 };
 
@@ -79,7 +81,8 @@ struct authz_config {
 	long long fetch_wait_ms, max_principals, max_slots, leeway_s;
 	const char *group;
 	const char *policy_file, *jwks_file, *jwks_url, *intro_url, *intro_client_id;
-	long long jwks_refresh_s;
+	const char *ca_file; /* GW_AUTHZ_CA_FILE: trust for https JWKS/introspection URLs */
+	long long jwks_refresh_s, jwks_max_held, jwks_kid_refetch_s, quota_sync_ms;
 	long long intro_timeout_ms, intro_max;
 	const char *jwt_issuer, *jwt_audience, *jwt_principal_claim, *jwt_groups_claim,
 	    *jwt_idp_claim, *jwt_policies_claim;
@@ -116,6 +119,9 @@ struct authz {
 	struct key_cache keys;
 	struct db_cursor cursor;
 	struct usage_table usage;
+	struct usage_table gusage; /* tokens per (group with a quota, day) counted here */
+	int gusage_dirty;          /* gusage has deltas not yet in a flush */
+	int gusage_full_logged;
 	struct limiter lim;
 	struct policy *policy; /* never NULL while serving; replaced whole on reload */
 	struct watched_file policy_watch, jwks_watch;
@@ -130,6 +136,8 @@ struct authz {
 	int64_t jwks_kid_fetch_ms, jwks_next_fetch_ms; /* last unknown-kid refetch, next refresh */
 	struct held_req *held;
 	long nheld;
+	struct held_req *kid_held; /* waiting for the JWKS refetch (newest first) */
+	long nkid_held;
 	struct lim_entry *quota_loading; /* the principal whose quota query is under way */
 	int64_t quota_committed;
 	char quota_principal[256], quota_day_str[16];
@@ -141,6 +149,8 @@ struct authz {
 	int db_up;      /* last known: the database answered */
 	int refreshing; /* a refresh pass has more pages */
 	int64_t next_refresh_ms, next_flush_ms;
+	int64_t next_gflush_ms, next_gsync_ms; /* group quotas: flush deltas, re-read totals */
+	int32_t gsync_day;                     /* the day of the group sync under way */
 	int32_t today;
 	struct req_work *reqs;
 	long nreqs;
@@ -412,8 +422,12 @@ static int route_without_model(const char *route)
 	       strcmp(route, "/resource_server/jobs") == 0 || strcmp(route, GW_ROUTE_WHOAMI) == 0;
 }
 
-/* A token naming an unknown kid refetches the JWKS URL at most this often. */
-#define JWKS_UNKNOWN_KID_REFETCH_MS 30000
+/* A held request waits at most this long for its JWKS refetch (which times out after
+ * JWKS_FETCH_TIMEOUT_MS); the janitor decides it with the keys in force after that. */
+#define JWKS_FETCH_TIMEOUT_MS 10000
+#define JWKS_HOLD_MAX_MS      (JWKS_FETCH_TIMEOUT_MS + 2000)
+
+static void kid_held_resume(struct authz *a);
 
 static void jwks_fetch_start(struct authz *a, int64_t now, const char *why)
 {
@@ -422,7 +436,7 @@ static void jwks_fetch_start(struct authz *a, int64_t now, const char *why)
 		log_info("fetching the JWKS", LS("url", a->cfg.jwks_url), LS("why", why));
 }
 
-static void on_jwks_fetched(void *arg, int status, const char *body, size_t len)
+static void on_jwks_fetched(void *arg, int status, const char *body, size_t len, const char *error)
 {
 	struct authz *a = arg;
 	char err[256];
@@ -430,17 +444,20 @@ static void on_jwks_fetched(void *arg, int status, const char *body, size_t len)
 	int skipped = 0;
 	if (status != 200) {
 		log_error("JWKS fetch failed: keeping the keys in force",
-			  LS("url", a->cfg.jwks_url), LI("status", status));
+			  LS("url", a->cfg.jwks_url), LI("status", status),
+			  LS("error", error ? error : ""));
 		metric_add(a->m_reload_bad, 1);
 		/* Retry sooner than the regular refresh while no keys were ever loaded. */
 		if (!a->jwks_loaded)
 			a->jwks_next_fetch_ms = wire_now_ms() + 5000;
+		kid_held_resume(a);
 		return;
 	}
 	if (jwks_parse(body, len, &k, &skipped, err, sizeof err) != 0) {
 		log_error("fetched JWKS rejected: keeping the keys in force",
 			  LS("url", a->cfg.jwks_url), LS("error", err));
 		metric_add(a->m_reload_bad, 1);
+		kid_held_resume(a);
 		return;
 	}
 	jwks_free(&a->jwks);
@@ -449,11 +466,35 @@ static void on_jwks_fetched(void *arg, int status, const char *body, size_t len)
 	metric_add(a->m_reload_ok, 1);
 	log_info("JWKS loaded", LS("url", a->cfg.jwks_url), LI("keys", a->jwks.n),
 		 LI("skipped", skipped));
+	kid_held_resume(a);
 }
 
-/* Who the credential belongs to. Returns 0 with a->id filled, else -1 with v a 401. */
+/* An unknown kid with GW_JWKS_URL: 1 when the request should wait for a refetch (one is
+ * under way, or this starts one within the rate limit), 0 to decide with the keys in
+ * force, -1 when the waiting room is full (v: 503). */
+static int jwks_wait_for_kid(struct authz *a, int64_t now, struct verdict *v)
+{
+	int busy = fetch_busy(a->jwks_fetch);
+	if (!busy && now - a->jwks_kid_fetch_ms >= a->cfg.jwks_kid_refetch_s * 1000) {
+		a->jwks_kid_fetch_ms = now;
+		jwks_fetch_start(a, now, "a token names an unknown key id");
+		busy = fetch_busy(a->jwks_fetch);
+	}
+	if (!busy || a->cfg.jwks_max_held == 0)
+		return 0;
+	if (a->nkid_held < a->cfg.jwks_max_held)
+		return 1;
+	deny(v, 503, "JWKS refetch: too many requests waiting", "jwks_refreshing",
+	     "the token's signing key is being fetched; retry shortly");
+	v->retry_after_s = 1;
+	return -1;
+}
+
+/* Who the credential belongs to. Returns 0 with a->id filled, -1 with v a 401, -2 for
+ * an opaque token (introspection), -3 when the request must wait for the JWKS refetch
+ * (only when may_hold). */
 static int authenticate(struct authz *a, const unsigned char *cred, size_t len, int64_t now,
-			struct verdict *v)
+			int may_hold, struct verdict *v)
 {
 	memset(&a->id, 0, sizeof a->id);
 	if (!cred || len == 0) {
@@ -475,10 +516,10 @@ static int authenticate(struct authz *a, const unsigned char *cred, size_t len, 
 		char msg[256], kid[128];
 		enum jwt_result r =
 		    jwt_verify(&a->jwt, &a->jwks, k, len, now, &a->id, msg, sizeof msg, kid);
-		if (r == JWT_UNKNOWN_KID && a->jwks_fetch &&
-		    now - a->jwks_kid_fetch_ms >= JWKS_UNKNOWN_KID_REFETCH_MS) {
-			a->jwks_kid_fetch_ms = now;
-			jwks_fetch_start(a, now, "a token names an unknown key id");
+		if (r == JWT_UNKNOWN_KID && a->jwks_fetch && may_hold) {
+			int w = jwks_wait_for_kid(a, now, v);
+			if (w != 0)
+				return w > 0 ? -3 : -1;
 		}
 		if (r != JWT_OK) {
 			snprintf(v->reason_buf, sizeof v->reason_buf, "JWT: %.240s", msg);
@@ -654,13 +695,15 @@ static void free_held(struct authz *a)
 {
 	/* Their work was never released: the offsets stay uncommitted and the next owner
 	 * of the partition decides these requests again. */
-	while (a->held) {
-		struct held_req *h = a->held;
-		a->held = h->next;
-		rd_kafka_message_destroy(h->msg);
-		free(h);
-	}
-	a->nheld = 0;
+	struct held_req **lists[] = {&a->held, &a->kid_held};
+	for (int i = 0; i < 2; i++)
+		while (*lists[i]) {
+			struct held_req *h = *lists[i];
+			*lists[i] = h->next;
+			rd_kafka_message_destroy(h->msg);
+			free(h);
+		}
+	a->nheld = a->nkid_held = 0;
 }
 
 /* The introspection answer for a parked request: resume it where it stopped. */
@@ -742,6 +785,52 @@ static int introspect_start(struct authz *a, struct req_work *rw, rd_kafka_messa
 	return -1;
 }
 
+static void decide_request(struct authz *a, struct req_work *rw, rd_kafka_message_t *msg,
+			   int may_hold);
+
+/* Parks a request until the JWKS refetch ends (its work stays begun: offset unstored). */
+static int kid_hold(struct authz *a, struct req_work *rw, rd_kafka_message_t *msg, int64_t now,
+		    struct verdict *v)
+{
+	struct held_req *h = malloc(sizeof *h);
+	if (!h) {
+		deny(v, 503, "out of memory", NULL, "authorization is overloaded, retry shortly");
+		return -1;
+	}
+	h->rw = rw;
+	h->msg = msg;
+	memcpy(&h->meta, &a->in, sizeof h->meta);
+	h->since_ms = now;
+	h->prev = NULL;
+	h->next = a->kid_held;
+	if (a->kid_held)
+		a->kid_held->prev = h;
+	a->kid_held = h;
+	a->nkid_held++;
+	return 1;
+}
+
+/* The refetch ended (keys replaced or not) or took too long: decides every held request
+ * with the keys in force now, oldest first, without holding again. */
+static void kid_held_resume(struct authz *a)
+{
+	struct held_req *h = a->kid_held, *oldest = NULL;
+	a->kid_held = NULL;
+	a->nkid_held = 0;
+	while (h) { /* reverse: the list is newest first */
+		struct held_req *next = h->next;
+		h->next = oldest;
+		oldest = h;
+		h = next;
+	}
+	while (oldest) {
+		h = oldest;
+		oldest = h->next;
+		decide_request(a, h->rw, h->msg, 0);
+		free(h);
+	}
+}
+
 static void handle_request(struct authz *a, rd_kafka_message_t *msg)
 {
 	struct req_work *rw = calloc(1, sizeof *rw);
@@ -761,7 +850,14 @@ static void handle_request(struct authz *a, rd_kafka_message_t *msg)
 		a->reqs->prev = rw;
 	a->reqs = rw;
 	a->nreqs++;
+	decide_request(a, rw, msg, 1);
+}
 
+/* Decodes, authenticates and decides one begun request; a->in and a->id are scratch.
+ * may_hold = 0 when it resumes after a JWKS refetch (decided with the keys in force). */
+static void decide_request(struct authz *a, struct req_work *rw, rd_kafka_message_t *msg,
+			   int may_hold)
+{
 	struct gw_meta *in = &a->in;
 	const char *why = NULL;
 	if (wire_decode(msg, REQ_FIELDS, in, &why) == 0 && !(in->present & GW_F_MODEL) &&
@@ -791,17 +887,24 @@ static void handle_request(struct authz *a, rd_kafka_message_t *msg)
 	size_t plen = 0;
 	int rc;
 	if (!(in->present & GW_F_CRED)) {
-		rc = authenticate(a, NULL, 0, now, &v);
+		rc = authenticate(a, NULL, 0, now, may_hold, &v);
 	} else if (seal_decrypt(a->seal_key, in->cred, in->cred_len, in->id, plain, sizeof plain,
 				&plen) != 0) {
 		deny(&v, 401, "credential cannot be unsealed", "invalid_api_key",
 		     "invalid API key");
 		rc = -1;
 	} else {
-		rc = authenticate(a, plain, plen, now, &v);
+		rc = authenticate(a, plain, plen, now, may_hold, &v);
 	}
 	OPENSSL_cleanse(in->cred, in->cred_len);
 	in->cred_len = 0;
+	if (rc == -3) {
+		/* Only the sealed copy in msg is kept while it waits. */
+		OPENSSL_cleanse(plain, plen);
+		if (kid_hold(a, rw, msg, now, &v) == 1)
+			return; /* resumed by kid_held_resume */
+		rc = -1;
+	}
 	if (rc == -2) {
 		rc = introspect_start(a, rw, msg, now, &v);
 		OPENSSL_cleanse(plain, plen);
@@ -866,6 +969,7 @@ static void handle_usage(struct authz *a, rd_kafka_message_t *msg)
 	const char *why = NULL;
 	char principal[256], rid[GW_ID_HEX + 1];
 	int64_t tokens = 0;
+	const char *qgroups[LIMITS_MAX_GROUPS];
 	if (wire_decode(msg, GW_F_ID, &a->in, &why) == 0 &&
 	    usage_parse(msg, principal, sizeof principal, &tokens, rid) != 0)
 		why = "invalid usage JSON";
@@ -890,9 +994,28 @@ static void handle_usage(struct authz *a, rd_kafka_message_t *msg)
 	}
 	a->usage_full_logged = 0;
 	metric_add(a->m_tokens, (double)tokens);
+	const char *req_id = rid[0] ? rid : a->in.id;
+	int nq = tokens > 0 ? limiter_quota_groups_of(&a->lim, req_id, principal, qgroups,
+						      LIMITS_MAX_GROUPS)
+			    : 0;
+	for (int i = 0; i < nq; i++) {
+		if (usage_add(&a->gusage, qgroups[i], usage_day(wire_now_ms()), tokens) == 0) {
+			a->gusage_dirty = 1;
+			continue;
+		}
+		/* The principal's share is counted (and its offset must be stored with it, or a
+		 * redelivery would count it twice): only the group quota undercounts. */
+		if (!a->gusage_full_logged)
+			log_error("group usage table full (GW_AUTHZ_USAGE_MAX) or out of memory: "
+				  "group quota not charged",
+				  LS("group", qgroups[i]), LS("topic", GW_TOPIC_USAGE),
+				  LI("partition", msg->partition), LI("offset", msg->offset),
+				  LI("tokens", tokens));
+		a->gusage_full_logged = 1;
+	}
 	/* The request ended: its concurrency slot frees, its tokens enter the minute
 	 * windows. The usage's request id is the gw-id of the request (header or JSON). */
-	limiter_usage(&a->lim, rid[0] ? rid : a->in.id, principal, tokens, wire_now_ms());
+	limiter_usage(&a->lim, req_id, principal, tokens, wire_now_ms());
 	/* The arrival hold stays until the flush that covers these tokens commits. */
 	uw->next = a->usage_wait;
 	a->usage_wait = uw;
@@ -963,6 +1086,9 @@ static void on_flush(void *arg, PGresult *res, const char *error)
 {
 	struct authz *a = arg;
 	usage_flush_end(&a->usage, res != NULL);
+	usage_flush_end(&a->gusage, res != NULL);
+	if (!res)
+		a->gusage_dirty = usage_pending(&a->gusage) != 0;
 	struct usage_work *done = a->usage_flushing;
 	a->usage_flushing = NULL;
 	if (res) {
@@ -983,6 +1109,7 @@ static void on_flush(void *arg, PGresult *res, const char *error)
 		a->usage_flushing_n = 0;
 	}
 	a->next_flush_ms = wire_now_ms() + a->cfg.flush_ms;
+	a->next_gflush_ms = wire_now_ms() + a->cfg.quota_sync_ms;
 	/* The final flush is done, or failed: either way shutdown moves on. A regular flush
 	 * that was under way when the stop began is followed by the final one. */
 	if (a->stopping && a->stop_flush_started == 1)
@@ -993,14 +1120,20 @@ static void on_flush(void *arg, PGresult *res, const char *error)
 /* Returns 1 when a flush query was started. */
 static int start_flush(struct authz *a)
 {
-	char *json = NULL;
-	size_t rows = 0;
+	char *json = NULL, *gjson = NULL;
+	size_t rows = 0, grows = 0;
 	int rc = usage_flush_begin(&a->usage, &json, &rows);
-	if (rc < 0) {
+	int grc = rc < 0 ? 0 : usage_flush_begin(&a->gusage, &gjson, &grows);
+	if (rc < 0 || grc < 0) {
 		log_error("out of memory building the usage flush");
+		usage_flush_end(&a->usage, 0);
+		usage_flush_end(&a->gusage, 0);
+		free(json);
+		free(gjson);
 		return 0;
 	}
-	if (rc == 0) {
+	a->gusage_dirty = 0;
+	if (rc == 0 && grc == 0) {
 		/* Nothing left to write: what waits is already committed (or zero tokens). */
 		struct usage_work *w = a->usage_wait;
 		a->usage_wait = NULL;
@@ -1012,18 +1145,68 @@ static int start_flush(struct authz *a)
 	a->usage_flushing_n = a->usage_wait_n;
 	a->usage_wait = NULL;
 	a->usage_wait_n = 0;
-	const char *params[] = {json};
-	if (pgconn_query(&a->db, DB_SQL_USAGE_UPSERT, 1, params, on_flush, a) != 0) {
-		log_error("cannot queue the usage flush", LI("rows", (long long)rows));
+	const char *params[] = {json ? json : "[]", gjson ? gjson : "[]"};
+	if (pgconn_query(&a->db, DB_SQL_USAGE_UPSERT, 2, params, on_flush, a) != 0) {
+		log_error("cannot queue the usage flush", LI("rows", (long long)rows),
+			  LI("group_rows", (long long)grows));
 		usage_flush_end(&a->usage, 0);
+		usage_flush_end(&a->gusage, 0);
+		a->gusage_dirty = 1;
 		a->usage_wait = a->usage_flushing;
 		a->usage_wait_n = a->usage_flushing_n;
 		a->usage_flushing = NULL;
 		a->usage_flushing_n = 0;
 		free(json);
+		free(gjson);
 		return 0;
 	}
 	free(json);
+	free(gjson);
+	return 1;
+}
+
+static void on_group_sync(void *arg, PGresult *res, const char *error)
+{
+	struct authz *a = arg;
+	int ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 3;
+	if (!res)
+		db_state(a, 0, error);
+	else
+		db_state(a, 1, NULL);
+	if (res && !ok)
+		log_error("unexpected result from the group quota query",
+			  LS("error", PQresultErrorMessage(res)));
+	for (int i = 0; ok && i < PQntuples(res); i++)
+		limiter_group_synced(&a->lim, PQgetvalue(res, i, 0),
+				     strtoll(PQgetvalue(res, i, 1), NULL, 10),
+				     strtoll(PQgetvalue(res, i, 2), NULL, 10));
+	limiter_group_sync_end(&a->lim, ok, a->gsync_day);
+	db_schedule(a);
+}
+
+/* Re-reads the totals of every group with a quota (other copies add to them). Returns 1
+ * when the query was started. */
+static int start_group_sync(struct authz *a, int64_t now)
+{
+	a->next_gsync_ms = now + a->cfg.quota_sync_ms;
+	char *json = NULL;
+	a->gsync_day = usage_day(now);
+	int n = limiter_group_sync_begin(&a->lim, a->gsync_day, &json);
+	if (n <= 0) {
+		if (n < 0)
+			log_error("out of memory building the group quota query");
+		return 0;
+	}
+	char today[16];
+	usage_day_str(a->gsync_day, today, sizeof today);
+	const char *params[] = {json, today};
+	int rc = pgconn_query(&a->db, DB_SQL_GROUP_QUOTA_LOAD, 2, params, on_group_sync, a);
+	free(json);
+	if (rc != 0) {
+		log_error("cannot queue the group quota query", LI("groups", n));
+		limiter_group_sync_end(&a->lim, 0, a->gsync_day);
+		return 0;
+	}
 	return 1;
 }
 
@@ -1093,8 +1276,10 @@ static void db_schedule(struct authz *a)
 	if (a->db.busy)
 		return;
 	int64_t now = wire_now_ms();
-	int flush_due = (a->usage_wait || a->usage.count) &&
-			(now >= a->next_flush_ms || a->usage_wait_n >= USAGE_EARLY_FLUSH);
+	/* Group usage goes out every quota sync interval: other copies read it from there. */
+	int flush_due = ((a->usage_wait || a->usage.count) &&
+			 (now >= a->next_flush_ms || a->usage_wait_n >= USAGE_EARLY_FLUSH)) ||
+			(a->gusage_dirty && now >= a->next_gflush_ms);
 	if (a->stopping) {
 		if (a->stop_flush_started == 0) {
 			a->stop_flush_started = 1;
@@ -1118,8 +1303,11 @@ static void db_schedule(struct authz *a)
 	if (flush_due && start_flush(a))
 		return;
 	/* While the database is down, loads wait for the next refresh to find it back. */
-	if (a->db_up)
-		start_quota_load(a);
+	if (!a->db_up)
+		return;
+	if (now >= a->next_gsync_ms && start_group_sync(a, now))
+		return;
+	start_quota_load(a);
 }
 
 /* ---- janitor, readiness, shutdown ---- */
@@ -1140,7 +1328,8 @@ static void finish_stop(struct authz *a)
 		log_warn("usage not written to PostgreSQL at shutdown: its offsets stay "
 			 "uncommitted, so the next owner counts it again",
 			 LI("messages", a->usage_wait_n + a->usage_flushing_n),
-			 LI("tokens", usage_pending(&a->usage)));
+			 LI("tokens", usage_pending(&a->usage)),
+			 LI("group_tokens", usage_pending(&a->gusage)));
 	if (a->cons_up) {
 		kafka_consumer_close(&a->cons);
 		a->cons_up = 0;
@@ -1225,6 +1414,11 @@ static int policy_reload(struct authz *a)
 	policy_free(a->policy);
 	a->policy = p;
 	metric_add(a->m_reload_ok, 1);
+	int nq = limiter_quota_groups(&a->lim, p);
+	if (nq < 0)
+		log_error("out of memory tracking the group quotas: new quota groups are decided "
+			  "from this copy's count only");
+	a->next_gsync_ms = 0; /* new quota groups: read their totals at once */
 	log_info("policy loaded", LS("file", a->policy_watch.path),
 		 LI("principal_limits", p->nprincipals), LI("group_limits", p->ngroups),
 		 LI("model_lists", p->nmodels));
@@ -1302,6 +1496,8 @@ static void on_janitor(evutil_socket_t fd, short what, void *arg)
 	if (day_changed) {
 		a->today = day;
 		usage_gc(&a->usage, day);
+		usage_gc(&a->gusage, day);
+		a->next_gsync_ms = 0; /* the new day's (and month's) totals */
 	}
 	if (now >= a->next_watch_ms || day_changed) {
 		a->next_watch_ms = now + 1000;
@@ -1310,6 +1506,16 @@ static void on_janitor(evutil_socket_t fd, short what, void *arg)
 		if (a->jwks_fetch && now >= a->jwks_next_fetch_ms)
 			jwks_fetch_start(a, now,
 					 a->jwks_loaded ? "periodic refresh" : "not loaded yet");
+		/* Held requests always end: with no fetch under way (it could not start or
+		 * ended without a callback) or past the bound, decide with the keys in force. */
+		if (a->kid_held && (!fetch_busy(a->jwks_fetch) ||
+				    now - a->kid_held->since_ms >= JWKS_HOLD_MAX_MS)) {
+			log_warn(
+			    "JWKS refetch did not answer in time: deciding the waiting requests "
+			    "with the keys in force",
+			    LI("requests", a->nkid_held));
+			kid_held_resume(a);
+		}
 		size_t n = limiter_tick(&a->lim, now, day_changed);
 		if (n)
 			metric_add(a->m_slots_expired, (double)n);
@@ -1392,6 +1598,11 @@ static double inflight(void *arg)
 	return (double)((struct authz *)arg)->lim.nslots;
 }
 
+static double kid_waiting(void *arg)
+{
+	return (double)((struct authz *)arg)->nkid_held;
+}
+
 /* JWT settings; HS256 only with its own secret. Returns 0 or -1 (logged). */
 static int setup_jwt(struct authz *a)
 {
@@ -1429,12 +1640,14 @@ static int setup_jwt(struct authz *a)
 		return -1;
 	}
 	if (c->jwks_url) {
-		a->jwks_fetch =
-		    fetch_new(a->rt.base, c->jwks_url, 10000, JWKS_MAX_LEN, on_jwks_fetched, a);
+		a->jwks_fetch = fetch_new(a->rt.base, c->jwks_url, JWKS_FETCH_TIMEOUT_MS,
+					  JWKS_MAX_LEN, on_jwks_fetched, a);
 		if (!a->jwks_fetch) {
 			log_error("GW_JWKS_URL is not usable: fix or unset it");
 			return -1;
 		}
+		if (c->ca_file && fetch_set_ca_file(a->jwks_fetch, c->ca_file) != 0)
+			return -1;
 		jwks_fetch_start(a, wire_now_ms(), "start");
 	}
 	return 0;
@@ -1461,6 +1674,8 @@ static int setup_introspection(struct authz *a)
 	free(secret);
 	if (!a->intro)
 		return -1;
+	if (a->cfg.ca_file && introspect_set_ca_file(a->intro, a->cfg.ca_file) != 0)
+		return -1;
 	log_info("token introspection enabled", LS("url", a->cfg.intro_url));
 	return 0;
 }
@@ -1483,9 +1698,13 @@ static int read_config(struct authz_config *cfg)
 	    config_int("GW_INTROSPECTION_TIMEOUT_MS", 5000, 100, 60000, &cfg->intro_timeout_ms) ||
 	    config_int("GW_INTROSPECTION_CACHE_MAX", 100000, 1, 10000000, &cfg->intro_max))
 		return -1;
-	if (config_int("GW_JWKS_REFRESH_S", 300, 30, 86400, &cfg->jwks_refresh_s))
+	if (config_int("GW_JWKS_REFRESH_S", 300, 30, 86400, &cfg->jwks_refresh_s) ||
+	    config_int("GW_AUTHZ_JWKS_MAX_HELD", 1000, 0, 1000000, &cfg->jwks_max_held) ||
+	    config_int("GW_JWKS_KID_REFETCH_S", 30, 1, 3600, &cfg->jwks_kid_refetch_s) ||
+	    config_int("GW_AUTHZ_QUOTA_SYNC_MS", 1000, 100, 60000, &cfg->quota_sync_ms))
 		return -1;
 	cfg->jwks_url = config_str("GW_JWKS_URL", NULL);
+	cfg->ca_file = config_str("GW_AUTHZ_CA_FILE", NULL);
 	cfg->intro_url = config_str("GW_INTROSPECTION_URL", NULL);
 	cfg->intro_client_id = config_str("GW_INTROSPECTION_CLIENT_ID", NULL);
 	cfg->policy_file = config_str("GW_POLICY_FILE", NULL);
@@ -1523,7 +1742,11 @@ static int setup_metrics(struct authz *a)
 				     "result=\"rejected\"", "Policy and JWKS (re)loads");
 	struct metric *sl = metric_gauge_fn("gw_authz_inflight", NULL,
 					    "Requests holding a concurrency slot", inflight, a);
-	if (!a->m_limited || !a->m_slots_expired || !a->m_reload_ok || !a->m_reload_bad || !sl)
+	struct metric *kw =
+	    metric_gauge_fn("gw_authz_jwks_waiting", NULL,
+			    "Requests waiting for a JWKS refetch (unknown key id)", kid_waiting, a);
+	if (!a->m_limited || !a->m_slots_expired || !a->m_reload_ok || !a->m_reload_bad || !sl ||
+	    !kw)
 		return -1;
 	struct metric *k = metric_gauge_fn("gw_authz_keys_cached", NULL,
 					   "API keys held in the authz cache", keys_cached, a);
@@ -1558,6 +1781,11 @@ static int load_keys(struct authz *a)
 	}
 	log_info("API keys loaded", LI("rows", n), LI("cached", a->keys.count),
 		 LI("ms", wire_now_ms() - t0));
+	/* Before the first decision, so a restart cannot admit a group past its quota. */
+	if (db_group_quotas_load(conn, &a->lim, wire_now_ms()) != 0) {
+		PQfinish(conn);
+		goto out;
+	}
 	if (pgconn_init(&a->db, a->rt.base, url, "authz", (int)a->cfg.db_timeout_ms) != 0) {
 		PQfinish(conn);
 		goto out;
@@ -1581,7 +1809,8 @@ static int start(struct authz *a)
 	if (read_config(&a->cfg) != 0 || seal_key_load(a->seal_key) != 0 || setup_metrics(a) != 0)
 		return -1;
 	if (keys_init(&a->keys, (size_t)a->cfg.max_keys) != 0 ||
-	    usage_init(&a->usage, (size_t)a->cfg.usage_max) != 0) {
+	    usage_init(&a->usage, (size_t)a->cfg.usage_max) != 0 ||
+	    usage_init(&a->gusage, (size_t)a->cfg.usage_max) != 0) {
 		log_error("out of memory");
 		return -1;
 	}
@@ -1589,6 +1818,7 @@ static int start(struct authz *a)
 		log_error("out of memory");
 		return -1;
 	}
+	a->lim.group_usage = &a->gusage;
 	a->policy_watch.path = a->cfg.policy_file;
 	if (policy_reload(a) != 0 || setup_jwt(a) != 0 || setup_introspection(a) != 0)
 		return -1;
@@ -1620,6 +1850,8 @@ static int start(struct authz *a)
 	int64_t now = wire_now_ms();
 	a->next_refresh_ms = now + a->cfg.refresh_ms;
 	a->next_flush_ms = now + a->cfg.flush_ms;
+	a->next_gflush_ms = now + a->cfg.quota_sync_ms;
+	a->next_gsync_ms = now + a->cfg.quota_sync_ms; /* loaded by load_keys just now */
 	a->rt.on_stop = on_stop;
 	a->rt.on_reload = on_reload;
 	a->rt.ready = ready;
@@ -1650,6 +1882,7 @@ static void teardown(struct authz *a)
 	pgconn_close(&a->db);
 	keys_free(&a->keys);
 	usage_free(&a->usage);
+	usage_free(&a->gusage);
 	limiter_free(&a->lim);
 	policy_free(a->policy);
 	jwks_free(&a->jwks);

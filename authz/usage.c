@@ -19,6 +19,14 @@ int32_t usage_day(int64_t unix_ms)
 	return (int32_t)d;
 }
 
+void usage_day_str(int32_t day, char *out, size_t cap)
+{
+	time_t secs = (time_t)day * 86400;
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	snprintf(out, cap, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+}
+
 static uint64_t entry_hash(const char *principal, int32_t day)
 {
 	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
@@ -137,11 +145,7 @@ int usage_flush_begin(struct usage_table *t, char **json, size_t *rows)
 		if (!e->principal || e->delta == 0)
 			continue;
 		char day[48];
-		time_t secs = (time_t)e->day * 86400;
-		struct tm tm;
-		gmtime_r(&secs, &tm);
-		snprintf(day, sizeof day, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1,
-			 tm.tm_mday);
+		usage_day_str(e->day, day, sizeof day);
 		json_t *o = json_pack("{s:s, s:s, s:I}", "principal", e->principal, "day", day,
 				      "tokens", (json_int_t)e->delta);
 		if (!o || json_array_append_new(arr, o) != 0) {

@@ -45,5 +45,7 @@ void usage_free(struct usage_table *t);
 
 /* The UTC day of a unix time in ms. */
 int32_t usage_day(int64_t unix_ms);
+/* A day as YYYY-MM-DD (cap >= 11). */
+void usage_day_str(int32_t day, char *out, size_t cap);
 
 #endif

@@ -81,8 +81,11 @@ GW_DATABASE_ADMIN_URL=$ADMIN_URL "$AUTHZ" migrate 2>"$T/migrate.log"
 check_eq "migrate succeeds" 0 "$?"
 GW_DATABASE_ADMIN_URL=$ADMIN_URL "$AUTHZ" migrate 2>>"$T/migrate.log"
 check_eq "migrate is idempotent" 0 "$?"
-check_eq "migrations recorded" 1 "$(psql_admin -c "SELECT max(version) FROM schema_migrations WHERE component='authz'")"
+check_eq "migrations recorded" 2 "$(psql_admin -c "SELECT max(version) FROM schema_migrations WHERE component='authz'")"
 check_eq "runtime role may read keys" 0 "$(psql_app -c 'SELECT count(*) FROM authz.api_keys')"
+check_eq "runtime role may read group usage" 0 "$(psql_app -c 'SELECT count(*) FROM authz.group_usage')"
+out=$(psql_app -c 'DELETE FROM authz.group_usage' 2>&1)
+check_contains "runtime role may not DELETE group usage" "$out" "permission denied"
 out=$(psql_app -c 'DELETE FROM authz.api_keys' 2>&1)
 check_contains "runtime role may not DELETE keys" "$out" "permission denied"
 out=$(psql_app -c 'DELETE FROM authz.usage' 2>&1)

@@ -5,7 +5,10 @@
 # expired, wrong-audience, wrong-issuer, alg none, wrong-key, unknown-kid, HS256 (not
 # configured) and oversized tokens each get 401 with a useful message; provider and
 # required-policy rules apply (service accounts exempt); the JWKS file is reloaded on
-# change; no token appears in any topic (except sealed on gw.requests), log or row.
+# change; with a JWKS URL, tokens naming a key published since the last fetch wait for
+# one (rate-limited, counted on the server) refetch and pass on their first try, while a
+# never-published kid gets 401; no token appears in any topic (except sealed on
+# gw.requests), log or row.
 # $1 = build directory.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -138,21 +141,58 @@ MOCK_JWKS_FILE=$JWKS_URL_FILE "$B/authz/gw-introspect-mock" "$MPORT" <(echo '{}'
 EXTRA_PIDS+=($!)
 mock_up() { curl -s "http://127.0.0.1:$MPORT/calls" >/dev/null; }
 check "the JWKS URL server starts" eventually 5 mock_up
-start_authz 2 GW_POLICY_FILE="$POLICY" GW_JWKS_URL="http://127.0.0.1:$MPORT/jwks" GW_JWT_ISSUER=$ISS GW_JWT_AUDIENCE=$AUD
+KID_REFETCH_S=8
+start_authz 2 GW_POLICY_FILE="$POLICY" GW_JWKS_URL="http://127.0.0.1:$MPORT/jwks" GW_JWT_ISSUER=$ISS GW_JWT_AUDIENCE=$AUD \
+	GW_JWKS_KID_REFETCH_S=$KID_REFETCH_S
 check "authz with GW_JWKS_URL becomes ready once the JWKS is fetched" eventually 30 ready_n 2
 r=$(probe "${TOKENS[0]}" --model m)
 check_eq "a token verified with a key from the URL" "authorized" "$(status_of "$r")"
 tok=$(sign EdDSA ed d1 "$(claims erin anl.gov)")
 TOKENS+=("$tok")
-echo "{\"keys\":[$(jwk rsa r1),$(jwk ed d1)]}" >"$JWKS_URL_FILE"
-before=$(curl -s "http://127.0.0.1:$MPORT/calls")
-r=$(probe "$tok" --model m)
-check_eq "a kid not yet fetched: 401 first" "401" "$(status_of "$r")"
-kid_ok() { [ "$(status_of "$(probe "$tok" --model m)")" = authorized ]; }
-check "... and the unknown kid triggers a refetch, after which it passes" eventually 5 kid_ok
-for i in 1 2 3; do probe "$(sign EdDSA ed2 nope "$(claims x anl.gov)")" --model m >/dev/null; done
-check_eq "refetches for unknown kids are rate-limited (one fetch for four unknown-kid tokens)" \
-	$((before + 1)) "$(curl -s "http://127.0.0.1:$MPORT/calls")"
+NEVER=()
+for i in 1 2; do
+	t=$(sign EdDSA ed2 nope "$(claims x anl.gov)")
+	NEVER+=("$t")
+	TOKENS+=("$t")
+done
+HELD=()
+for i in 1 2 3; do
+	t=$(sign ES256 ec e1 "$(claims "held$i" anl.gov)")
+	HELD+=("$t")
+	TOKENS+=("$t")
+done
+calls() { curl -s "http://127.0.0.1:$MPORT/calls"; }
+# Sleeps until the unknown-kid refetch interval since $1 (EPOCHREALTIME, not before the
+# refetch began) has passed.
+after_interval() { sleep "$(awk -v t0="$1" -v now="$EPOCHREALTIME" -v s=$KID_REFETCH_S 'BEGIN { d = t0 + s + 0.3 - now; print (d > 0 ? d : 0) }')"; }
+# The provider rotates: keys d1 and e1 are published after authz fetched the set. Four
+# requests naming them arrive together: all wait for one refetch and pass.
+echo "{\"keys\":[$(jwk rsa r1),$(jwk ed d1),$(jwk ec e1)]}" >"$JWKS_URL_FILE"
+before=$(calls)
+t_fetch=$EPOCHREALTIME
+probe "$tok" --model m >"$T/held.json" &
+HELD_PIDS=($!)
+for i in 0 1 2; do
+	probe "${HELD[$i]}" --model m >"$T/held$i.json" &
+	HELD_PIDS+=($!)
+done
+for p in "${HELD_PIDS[@]}"; do wait "$p"; done
+t_answered=$EPOCHREALTIME # the refetch ran before these answers came back
+st=""
+for t in "${NEVER[@]}"; do st="$st $(status_of "$(probe "$t" --model m)")"; done
+elapsed=$(awk -v t0="$t_fetch" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - t0 }')
+check_eq "a kid published since the last fetch passes on the first try (held until the refetch)" "authorized" "$(status_of "$(cat "$T/held.json")")"
+check_eq "three more tokens of another new kid, at the same time: all allowed" "authorized authorized authorized" \
+	"$(for i in 0 1 2; do status_of "$(cat "$T/held$i.json")"; done | xargs)"
+check_eq "a never-published kid within the refetch interval: 401 at once (done ${elapsed}s after the rotation)" " 401 401" "$st"
+check_eq "one refetch for all of them: unknown-kid refetches are rate-limited" $((before + 1)) "$(calls)"
+check_contains "the refetch is logged with its reason" "$(cat "$T/authz2.log")" '"why":"a token names an unknown key id"'
+after_interval "$t_answered"
+r=$(probe "${NEVER[0]}" --model m)
+check_eq "a never-published kid after the interval: 401 once the refetch ended" "401" "$(status_of "$r")"
+check_contains "... saying the key id is unknown" "$(err_of "$r")" "unknown key id (kid 'nope')"
+check_eq "... after one more fetch" $((before + 2)) "$(calls)"
+check_eq "... audited as denied" "denied|401" "$(jq -r '"\(.audit.outcome)|\(.audit.status)"' <<<"$r")"
 stop_authz 2
 
 # --- no token anywhere ---

@@ -12,7 +12,7 @@
 #include "introspect.h"
 #include "jwt.h"
 #include "keys.h"
-#include "limits.h"
+#include "limiter.h"
 #include "policy.h"
 
 #include <time.h>

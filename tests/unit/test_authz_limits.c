@@ -2,7 +2,7 @@
  * quota limits per principal and per group, slots freed by usage or by their deadline,
  * quota totals loaded from PostgreSQL combined with what this copy counted. */
 #include "check.h"
-#include "limits.h"
+#include "limiter.h"
 #include "policy.h"
 
 #include <stdio.h>

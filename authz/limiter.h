@@ -2,11 +2,14 @@
  * because one principal's requests and usage meet in one authz copy (gw.requests and
  * gw.usage are keyed by the principal hint and co-partitioned). Windows are sliding over
  * 60 one-second buckets; quotas add the totals loaded from authz.usage to what this
- * copy counted since. Pure state, no I/O: serve.c feeds it and loads the quotas. */
-#ifndef GW_AUTHZ_LIMITS_H
-#define GW_AUTHZ_LIMITS_H
+ * copy counted since. Group day/month quotas are shared by copies (a group's members
+ * spread over partitions), so their totals are re-read from authz.group_usage every sync
+ * interval. Pure state, no I/O: serve.c feeds it and loads the quotas. */
+#ifndef GW_AUTHZ_LIMITER_H
+#define GW_AUTHZ_LIMITER_H
 
 #include "policy.h"
+#include "usage.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +37,10 @@ struct lim_entry {
 	int64_t day_adj, month_adj;  /* PostgreSQL total minus what this copy had committed */
 	int32_t quota_day;           /* the day the load was for */
 	struct lim_entry *load_next; /* queue of loads to start */
+	/* Group quotas: the sync under way (sync_gen), this copy's committed share of the
+	 * group's tokens today when it was sent, and the totals its answer brought. */
+	uint32_t sync_gen;
+	int64_t sync_committed, sync_db_day, sync_db_month;
 };
 
 /* One allowed request holding a concurrency slot until its usage arrives or its
@@ -52,12 +59,17 @@ struct lim_table {
 	size_t nbuckets, count, max;
 };
 
-/* Owns both tables, every slot and the load queue links. */
+/* Owns the tables, every slot and the load queue links. quota_groups holds one entry
+ * per policy group with a day or month quota (never evicted; rebuilt by
+ * limiter_quota_groups on every policy load). */
 struct limiter {
-	struct lim_table principals, groups;
+	struct lim_table principals, groups, quota_groups;
 	struct lim_slot **slots;
 	size_t nslots_buckets, nslots, max_slots;
 	struct lim_entry *load_head, *load_tail;
+	/* This copy's tokens per (group, UTC day), owned by the caller; NULL = none. */
+	const struct usage_table *group_usage;
+	uint32_t sync_gen;
 };
 
 /* What refused a request: limit names the limit ("requests_per_minute", ...), scope is
@@ -92,6 +104,27 @@ struct lim_entry *limiter_next_load(struct limiter *l);
  * and day when the query was sent. ok = 0 puts it back to UNKNOWN (retried later). */
 void limiter_loaded(struct limiter *l, struct lim_entry *e, int ok, int64_t db_day,
 		    int64_t db_month, int64_t committed);
+
+/* Makes quota_groups the policy's groups with tokens_per_day or tokens_per_month: keeps
+ * the entries (and their loaded totals) of groups still there, adds the new ones
+ * (unknown until the next sync), drops the others. Returns how many, -1 out of memory
+ * (then the table may lack some new groups: they are decided from memory). */
+int limiter_quota_groups(struct limiter *l, const struct policy *p);
+/* Starts a sync of every quota group for `day`: records this copy's committed share
+ * (from group_usage) and returns in *json (malloc'd) a JSON array of the group names.
+ * Returns the number of groups, 0 when there are none, -1 out of memory. */
+int limiter_group_sync_begin(struct limiter *l, int32_t day, char **json);
+/* One row of the sync's answer: the group's PostgreSQL totals for the day and month. */
+void limiter_group_synced(struct limiter *l, const char *group, int64_t db_day, int64_t db_month);
+/* Ends the sync: ok = 1 applies the totals (a group without a row has none) to the
+ * groups of this sync, ok = 0 keeps the previous ones. */
+void limiter_group_sync_end(struct limiter *l, int ok, int32_t day);
+/* The quota groups a gw.usage message is charged to: the groups the request was admitted
+ * with (its slot), else the principal's groups at its last decision. Writes up to max
+ * distinct names (valid until the next limiter_quota_groups) and returns how many.
+ * Call before limiter_usage, which frees the slot. */
+int limiter_quota_groups_of(struct limiter *l, const char *request_id, const char *principal,
+			    const char **out, int max);
 
 /* Janitor: frees slots past their deadline (returns how many), drops idle entries, and
  * on a new day forgets loaded quotas (they are loaded again). */

@@ -1,6 +1,8 @@
 /* Sliding-window rate limits, concurrency slots and day/month token quotas. */
-#include "limits.h"
+#include "limiter.h"
 
+#include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -78,7 +80,8 @@ int limiter_init(struct limiter *l, size_t max_principals, size_t max_slots)
 	l->nslots_buckets = pow2_at_least(max_slots / 2 + 1);
 	l->slots = calloc(l->nslots_buckets, sizeof *l->slots);
 	if (!l->slots || table_init(&l->principals, max_principals) != 0 ||
-	    table_init(&l->groups, max_principals) != 0) {
+	    table_init(&l->groups, max_principals) != 0 ||
+	    table_init(&l->quota_groups, max_principals) != 0) {
 		limiter_free(l);
 		return -1;
 	}
@@ -96,6 +99,7 @@ void limiter_free(struct limiter *l)
 	l->slots = NULL;
 	table_free(&l->principals);
 	table_free(&l->groups);
+	table_free(&l->quota_groups);
 }
 
 /* ---- windows ---- */
@@ -194,8 +198,8 @@ static int refuse(struct lim_refusal *r, const char *limit, const char *scope, i
 		  int64_t max, int64_t retry)
 {
 	memset(r, 0, sizeof *r);
-	strncpy(r->limit, limit, sizeof r->limit - 1);
-	strncpy(r->scope, scope, sizeof r->scope - 1);
+	snprintf(r->limit, sizeof r->limit, "%s", limit);
+	snprintf(r->scope, sizeof r->scope, "%s", scope);
 	r->value = value;
 	r->max = max;
 	r->retry_after_s = retry < 1 ? 1 : retry;
@@ -238,6 +242,28 @@ static void set_groups(struct lim_entry *e, const char *groups)
 		return; /* keeps the previous list: group token windows may lag */
 	free(e->groups);
 	e->groups = g;
+}
+
+/* A group's day/month quota: this copy's tokens today plus what PostgreSQL had from the
+ * other copies (and earlier days of the month) at the last sync of today. */
+static int check_group_quota(struct limiter *l, const struct limits *gl, const char *name,
+			     const char *scope, int64_t now_ms, struct lim_refusal *r)
+{
+	if (!gl->tokens_day && !gl->tokens_month)
+		return 0;
+	int32_t today = usage_day(now_ms);
+	struct lim_entry *q = table_get(&l->quota_groups, name, 0);
+	int loaded = q && q->quota == QUOTA_LOADED && q->quota_day == today;
+	int64_t local = l->group_usage ? usage_tokens(l->group_usage, name, today) : 0;
+	int64_t day = local + (loaded ? q->day_adj : 0);
+	int64_t month = local + (loaded ? q->month_adj : 0);
+	if (gl->tokens_day && day >= gl->tokens_day)
+		return refuse(r, "tokens_per_day", scope, day, gl->tokens_day,
+			      limits_to_midnight_s(now_ms));
+	if (gl->tokens_month && month >= gl->tokens_month)
+		return refuse(r, "tokens_per_month", scope, month, gl->tokens_month,
+			      limits_to_month_end_s(now_ms));
+	return 0;
 }
 
 int limiter_admit(struct limiter *l, const struct policy *p, const struct identity *id,
@@ -290,7 +316,8 @@ int limiter_admit(struct limiter *l, const struct policy *p, const struct identi
 				g->last_ms = now_ms;
 				char scope[300];
 				snprintf(scope, sizeof scope, "group:%s", name);
-				if (check_entry(g, gl, scope, now_s, r))
+				if (check_entry(g, gl, scope, now_s, r) ||
+				    check_group_quota(l, gl, name, scope, now_ms, r))
 					return 1;
 				ge[ng++] = g;
 			}
@@ -418,4 +445,138 @@ size_t limiter_tick(struct limiter *l, int64_t now_ms, int day_changed)
 	table_sweep(&l->principals, now_ms, day_changed);
 	table_sweep(&l->groups, now_ms, day_changed);
 	return expired;
+}
+
+/* ---- group quotas ---- */
+
+static int has_quota(const struct limits *x)
+{
+	return x && (x->tokens_day || x->tokens_month);
+}
+
+int limiter_quota_groups(struct limiter *l, const struct policy *p)
+{
+	struct lim_table *t = &l->quota_groups;
+	for (size_t i = 0; i < t->nbuckets; i++) {
+		struct lim_entry **pp = &t->buckets[i];
+		while (*pp) {
+			struct lim_entry *e = *pp;
+			if (!has_quota(policy_group_limits(p, e->name))) {
+				*pp = e->next;
+				t->count--;
+				entry_free(e);
+				continue;
+			}
+			pp = &e->next;
+		}
+	}
+	int rc = 0;
+	for (int i = 0; i < p->ngroups; i++)
+		if (has_quota(&p->groups[i].l) && !table_get(t, p->groups[i].name, 1))
+			rc = -1;
+	return rc ? -1 : (int)t->count;
+}
+
+int limiter_group_sync_begin(struct limiter *l, int32_t day, char **json)
+{
+	*json = NULL;
+	struct lim_table *t = &l->quota_groups;
+	if (t->count == 0)
+		return 0;
+	json_t *arr = json_array();
+	if (!arr)
+		return -1;
+	for (size_t i = 0; i < t->nbuckets; i++)
+		for (struct lim_entry *e = t->buckets[i]; e; e = e->next)
+			if (json_array_append_new(arr, json_string(e->name)) != 0) {
+				json_decref(arr);
+				return -1;
+			}
+	char *s = json_dumps(arr, JSON_COMPACT);
+	json_decref(arr);
+	if (!s)
+		return -1;
+	l->sync_gen++;
+	for (size_t i = 0; i < t->nbuckets; i++)
+		for (struct lim_entry *e = t->buckets[i]; e; e = e->next) {
+			/* One query at a time on the connection: what this copy has committed
+			 * now is exactly its share of what the sync reads. */
+			e->sync_gen = l->sync_gen;
+			e->sync_committed =
+			    l->group_usage ? usage_committed(l->group_usage, e->name, day) : 0;
+			e->sync_db_day = e->sync_db_month = 0;
+		}
+	*json = s;
+	return (int)t->count;
+}
+
+void limiter_group_synced(struct limiter *l, const char *group, int64_t db_day, int64_t db_month)
+{
+	struct lim_entry *e = table_get(&l->quota_groups, group, 0);
+	/* A group added by a policy reload while the query ran waits for the next sync. */
+	if (!e || e->sync_gen != l->sync_gen)
+		return;
+	e->sync_db_day = db_day;
+	e->sync_db_month = db_month;
+}
+
+void limiter_group_sync_end(struct limiter *l, int ok, int32_t day)
+{
+	struct lim_table *t = &l->quota_groups;
+	for (size_t i = 0; i < t->nbuckets; i++)
+		for (struct lim_entry *e = t->buckets[i]; e; e = e->next) {
+			if (e->sync_gen != l->sync_gen)
+				continue;
+			e->sync_gen = 0;
+			if (!ok)
+				continue;
+			e->day_adj = e->sync_db_day - e->sync_committed;
+			e->month_adj = e->sync_db_month - e->sync_committed;
+			e->quota_day = day;
+			e->quota = QUOTA_LOADED;
+		}
+}
+
+static int add_name(const char **out, int n, int max, const char *name)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(out[i], name) == 0)
+			return n;
+	if (n < max)
+		out[n++] = name;
+	return n;
+}
+
+int limiter_quota_groups_of(struct limiter *l, const char *request_id, const char *principal,
+			    const char **out, int max)
+{
+	int n = 0;
+	if (l->quota_groups.count == 0)
+		return 0;
+	struct lim_slot *s = request_id ? *slot_find(l, request_id) : NULL;
+	if (s) {
+		for (int i = 0; i < s->ngroups; i++) {
+			struct lim_entry *q = table_get(&l->quota_groups, s->groups[i]->name, 0);
+			if (q)
+				n = add_name(out, n, max, q->name);
+		}
+		return n;
+	}
+	struct lim_entry *pe = table_get(&l->principals, principal, 0);
+	char name[256];
+	for (const char *g = pe && pe->groups ? pe->groups : ""; *g;) {
+		const char *e = strchr(g, ',');
+		size_t len = e ? (size_t)(e - g) : strlen(g);
+		if (len && len < sizeof name) {
+			memcpy(name, g, len);
+			name[len] = 0;
+			struct lim_entry *q = table_get(&l->quota_groups, name, 0);
+			if (q)
+				n = add_name(out, n, max, q->name);
+		}
+		if (!e)
+			break;
+		g = e + 1;
+	}
+	return n;
 }

@@ -23,7 +23,8 @@ static void live_free(struct backend *b)
 }
 
 struct backend *backend_new(struct event_base *base, struct evdns_base *dns, void *ssl_ctx,
-			    struct endpoint *ep, int64_t now_us)
+			    const struct upstream_pool_config *pc, struct endpoint *ep,
+			    int64_t now_us)
 {
 	struct backend *b = calloc(1, sizeof *b);
 	if (!b) {
@@ -36,7 +37,7 @@ struct backend *backend_new(struct event_base *base, struct evdns_base *dns, voi
 	b->health_ok = -1;
 	TAILQ_INIT(&b->queue);
 	breaker_init(&b->br, now_us);
-	if (upstream_pool_init(&b->pool, base, dns, ssl_ctx, &b->ep) != 0) {
+	if (upstream_pool_init(&b->pool, base, dns, ssl_ctx, &b->ep, pc) != 0) {
 		registry_endpoint_free(&b->ep);
 		free(b);
 		return NULL;
@@ -57,12 +58,17 @@ void backend_unref(struct backend *b)
 	b->health_fn = NULL;
 	if (b->hreq)
 		evhttp_cancel_request(b->hreq);
-	if (b->hconn)
-		evhttp_connection_free(b->hconn);
+	upstream_conn_free(b->hconn);
 	upstream_pool_free(&b->pool);
 	live_free(b);
 	registry_endpoint_free(&b->ep);
 	free(b);
+}
+
+void backend_retire(struct backend *b)
+{
+	b->retired = 1;
+	b->health_fn = NULL;
 }
 
 int backend_serves(const struct backend *b, const char *model)
@@ -115,6 +121,10 @@ static void health_done(struct evhttp_request *req, void *arg)
 	struct backend *b = arg;
 	b->hreq = NULL;
 	int ok = 0;
+	/* A failed check may leave the connection reset without evhttp calling it closed (a
+	 * connect that never came up): the next check opens a new one. */
+	if (b->hconn && (!req || evhttp_request_get_response_code(req) == 0))
+		b->hconn->dead = 1;
 	char why[128];
 	int status = req ? evhttp_request_get_response_code(req) : 0;
 	if (!req || status == 0) {
@@ -143,13 +153,17 @@ void backend_health_tick(struct backend *b, int64_t now_us, int interval_ms, int
 	if (b->retired || b->hreq || now_us < b->next_check_us)
 		return;
 	b->next_check_us = now_us + (int64_t)interval_ms * 1000;
+	if (b->hconn && b->hconn->dead) {
+		upstream_conn_free(b->hconn);
+		b->hconn = NULL;
+	}
 	if (!b->hconn) {
-		b->hconn = upstream_connection_new(&b->pool);
+		b->hconn = upstream_conn_new(&b->pool);
 		if (!b->hconn)
 			return;
 	}
 	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-	evhttp_connection_set_timeout_tv(b->hconn, &tv);
+	evhttp_connection_set_timeout_tv(b->hconn->evcon, &tv);
 	struct evhttp_request *req = evhttp_request_new(health_done, b);
 	if (!req) {
 		log_error("cannot create a health check request", LS("endpoint", b->ep.name));
@@ -164,10 +178,10 @@ void backend_health_tick(struct backend *b, int64_t now_us, int interval_ms, int
 		return;
 	}
 	b->hreq = req;
-	if (evhttp_make_request(b->hconn, req, EVHTTP_REQ_GET, uri) != 0) {
+	if (evhttp_make_request(b->hconn->evcon, req, EVHTTP_REQ_GET, uri) != 0) {
 		/* The request is gone either way; a fresh connection next time. */
 		b->hreq = NULL;
-		evhttp_connection_free(b->hconn);
+		upstream_conn_free(b->hconn);
 		b->hconn = NULL;
 		log_warn("cannot start a health check", LS("endpoint", b->ep.name));
 	}

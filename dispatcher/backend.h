@@ -21,8 +21,15 @@ struct backend;
 /* Health check results go back to the dispatcher (breaker, logs, audit). */
 typedef void (*backend_health_fn)(struct backend *b, int ok, const char *why, void *arg);
 
-/* Owned by the dispatcher's backend list; freed by backend_unref when refs reach 0.
- * ep's models and api_key are owned (moved from a registry); live_models is malloc'd. */
+/* Ownership: the dispatcher's live list holds one reference while the endpoint is in
+ * the registry; a reload moves that reference to the dispatcher's retired list. Every
+ * request bound to the backend (waiting in its queue, calling it, or holding a probe slot)
+ * holds one more, and every upstream_call in flight points into b->pool and b->ep, so the
+ * object outlives its calls. backend_unref frees it when the count reaches 0; the
+ * dispatcher drops a retired backend's last list reference only from its janitor, so the
+ * free never happens inside an evhttp callback of one of its own connections.
+ * ep's models and api_key are owned (moved from a registry); live_models is malloc'd;
+ * hconn is owned. */
 struct backend {
 	struct endpoint ep;
 	struct upstream_pool pool;
@@ -32,7 +39,7 @@ struct backend {
 	struct dreq_queue queue; /* requests waiting for a free slot, oldest first */
 	int nqueue;
 	/* Active health check: GET /v1/models on a connection of its own. */
-	struct evhttp_connection *hconn;
+	struct upstream_conn *hconn;
 	struct evhttp_request *hreq;
 	backend_health_fn health_fn;
 	void *health_arg;
@@ -48,7 +55,12 @@ struct backend {
 
 /* Takes ownership of ep's allocations (ep is left empty). NULL (logged) on failure. */
 struct backend *backend_new(struct event_base *base, struct evdns_base *dns, void *ssl_ctx,
-			    struct endpoint *ep, int64_t now_us);
+			    const struct upstream_pool_config *pc, struct endpoint *ep,
+			    int64_t now_us);
+
+/* Out of the registry after a reload: no more health checks or reports; its calls in
+ * flight finish. */
+void backend_retire(struct backend *b);
 void backend_ref(struct backend *b);
 void backend_unref(struct backend *b);
 

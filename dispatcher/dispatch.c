@@ -161,7 +161,12 @@ int dispatch_config_load(struct dispatch_config *cfg)
 	    cfg_int("GW_DISPATCHER_CB_RATE_MIN", 20, 1, 1000000, &cb->rate_min) ||
 	    cfg_int("GW_DISPATCHER_CB_WINDOW_MS", 30000, 100, 3600000, &cb->window_ms) ||
 	    cfg_int("GW_DISPATCHER_CB_COOLDOWN_MS", 10000, 10, 3600000, &cb->cooldown_ms) ||
-	    cfg_int("GW_DISPATCHER_CB_HALFOPEN_PROBES", 1, 1, 1000, &cb->halfopen_max))
+	    cfg_int("GW_DISPATCHER_CB_HALFOPEN_PROBES", 1, 1, 1000, &cb->halfopen_max) ||
+	    cfg_int("GW_DISPATCHER_POOL_IDLE", 64, 0, 100000, &cfg->pool.idle_max) ||
+	    cfg_int("GW_DISPATCHER_POOL_IDLE_MS", 4000, 10, 3600000, &cfg->pool.idle_ms) ||
+	    cfg_int("GW_DISPATCHER_COALESCE_MS", 2, 0, 1000, &cfg->coalesce_ms) ||
+	    cfg_int("GW_DISPATCHER_COALESCE_BYTES", 16384, 256, RELAY_CHUNK_MAX,
+		    &cfg->coalesce_bytes))
 		return -1;
 	if (cfg->saturated_status != 429 && cfg->saturated_status != 503) {
 		log_error("GW_DISPATCHER_SATURATED_STATUS must be 429 or 503");
@@ -210,8 +215,12 @@ static void circuit_changed(struct dispatcher *d, struct backend *b, enum breake
 	json_decref(extra);
 }
 
+/* A call that ends on a backend a reload removed says nothing about the registry any more:
+ * its breaker is no longer consulted (and its name may now belong to a new object). */
 static void outcome_ok(struct dispatcher *d, struct backend *b, int probe)
 {
+	if (b->retired)
+		return;
 	enum breaker_state from = b->br.state;
 	b->last_ok_us = wire_now_us();
 	if (breaker_success(&b->br, &d->cfg.cb, b->last_ok_us, probe))
@@ -220,6 +229,8 @@ static void outcome_ok(struct dispatcher *d, struct backend *b, int probe)
 
 static void outcome_failed(struct dispatcher *d, struct backend *b, int probe)
 {
+	if (b->retired)
+		return;
 	enum breaker_state from = b->br.state;
 	b->failures++;
 	b->last_fail_us = wire_now_us();
@@ -328,6 +339,8 @@ static void req_finish(struct dreq *r)
 {
 	struct dispatcher *d = r->d;
 	active_remove(r);
+	if (r->relay_on)
+		relay_close(&r->relay); /* nothing more goes out, held bytes included */
 
 	struct audit_event ev;
 	audit_event_init(&ev);
@@ -882,7 +895,8 @@ static void req_admit(struct dreq *r, const char *allowed)
 		return;
 	}
 	if (relay_init(&r->relay, &d->producer, &r->work, r->id, r->reply, r->stream,
-		       (size_t)d->cfg.max_response, (size_t)d->cfg.sse_line_max) != 0) {
+		       (size_t)d->cfg.max_response, (size_t)d->cfg.sse_line_max,
+		       &d->flusher) != 0) {
 		r->work.failed = 1; /* cannot answer now: redo after a restart */
 		r->outcome = "error";
 		r->reason = "out of memory";
@@ -1050,6 +1064,49 @@ static void call_timed_out(struct dreq *r, const char *phase)
 	req_fail(r, 504, "upstream_timeout", "%s", msg);
 }
 
+/* Frees retired backends no request holds any more (from the janitor, so never inside a
+ * callback of their own connections) and closes their idle connections meanwhile. */
+static void retired_sweep(struct dispatcher *d, int64_t now_us)
+{
+	int k = 0;
+	for (int i = 0; i < d->nretired; i++) {
+		struct backend *b = d->retired[i];
+		if (b->refs == 1) {
+			log_info("removed endpoint released: its last call ended",
+				 LS("endpoint", b->ep.name), LS("url", b->ep.url));
+			backend_unref(b);
+			continue;
+		}
+		upstream_pool_tick(&b->pool, now_us);
+		d->retired[k++] = b;
+	}
+	d->nretired = k;
+}
+
+/* Moves the live list's reference of b to the retired list, or drops it when nothing
+ * else holds b. -1 (nothing changed) when the list cannot grow. */
+static int retire(struct dispatcher *d, struct backend *b)
+{
+	if (b->refs == 1) {
+		backend_retire(b);
+		backend_unref(b);
+		return 0;
+	}
+	if (d->nretired == d->retired_cap) {
+		int cap = d->retired_cap ? 2 * d->retired_cap : 16;
+		struct backend **nr = realloc(d->retired, (size_t)cap * sizeof *nr);
+		if (!nr)
+			return -1;
+		d->retired = nr;
+		d->retired_cap = cap;
+	}
+	backend_retire(b);
+	d->retired[d->nretired++] = b;
+	log_info("endpoint leaves the registry; its calls in flight finish first",
+		 LS("endpoint", b->ep.name), LI("inflight", b->pool.inflight));
+	return 0;
+}
+
 static void janitor_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dispatcher *d = arg;
@@ -1101,7 +1158,9 @@ static void janitor_cb(evutil_socket_t fd, short what, void *arg)
 		if (!d->stopping)
 			backend_health_tick(b, now_us, d->cfg.health_interval_ms,
 					    d->cfg.health_timeout_ms);
+		upstream_pool_tick(&b->pool, now_us);
 	}
+	retired_sweep(d, now_us);
 }
 
 /* ---- registry ---- */
@@ -1117,7 +1176,7 @@ static int backends_build(struct dispatcher *d, struct registry *reg, struct bac
 	}
 	int64_t now = wire_now_us();
 	for (int i = 0; i < reg->n; i++) {
-		bs[i] = backend_new(d->base, d->dns, d->ssl_ctx, &reg->eps[i], now);
+		bs[i] = backend_new(d->base, d->dns, d->ssl_ctx, &d->cfg.pool, &reg->eps[i], now);
 		if (!bs[i]) {
 			for (int j = 0; j < i; j++)
 				backend_unref(bs[j]);
@@ -1135,6 +1194,9 @@ static int backends_build(struct dispatcher *d, struct registry *reg, struct bac
 			bs[i]->next_check_us = o->next_check_us;
 			bs[i]->requests = o->requests;
 			bs[i]->failures = o->failures;
+			/* Same URL: its kept-alive connections stay good (should the build
+			 * fail after this, they are closed with bs[i]). */
+			upstream_pool_adopt(&bs[i]->pool, &o->pool);
 		}
 		circuit_meter(bs[i]);
 	}
@@ -1168,6 +1230,19 @@ int dispatch_reload(struct dispatcher *d)
 	}
 	struct backend **bs;
 	int n = reg.n;
+	/* Room on the retired list for every old backend first: past this point the reload
+	 * cannot fail half-way. */
+	if (d->nretired + d->nb > d->retired_cap) {
+		int cap = d->nretired + d->nb + 16;
+		struct backend **nr = realloc(d->retired, (size_t)cap * sizeof *nr);
+		if (!nr) {
+			log_error("reload refused: out of memory");
+			registry_free(&reg);
+			return -1;
+		}
+		d->retired = nr;
+		d->retired_cap = cap;
+	}
 	if (backends_build(d, &reg, &bs) != 0) {
 		registry_free(&reg);
 		return -1;
@@ -1181,13 +1256,13 @@ int dispatch_reload(struct dispatcher *d)
 	 * requests are routed again over the new registry. */
 	for (int i = 0; i < nold; i++) {
 		struct backend *b = old[i];
-		b->retired = 1;
+		backend_retire(b);
 		struct dreq *r;
 		while ((r = TAILQ_FIRST(&b->queue))) {
 			req_unbind(r);
 			req_route(r);
 		}
-		backend_unref(b);
+		retire(d, b); /* cannot fail: room was made above */
 	}
 	free(old);
 	log_info("endpoints reloaded", LI("endpoints", n), LS("file", d->cfg.endpoints_file));
@@ -1247,6 +1322,15 @@ static double gauge_waiting(void *arg)
 static double gauge_paused(void *arg)
 {
 	return ((struct dispatcher *)arg)->paused;
+}
+
+static double gauge_stream_messages(void *arg)
+{
+	return (double)((struct dispatcher *)arg)->flusher.messages;
+}
+static double gauge_stream_arrivals(void *arg)
+{
+	return (double)((struct dispatcher *)arg)->flusher.arrivals;
 }
 
 static void admin_send(struct evhttp_request *req, char *body)
@@ -1335,11 +1419,20 @@ int dispatch_init(struct dispatcher *d, struct runtime *rt, const struct dispatc
 	metric_gauge_fn("gw_dispatcher_consumer_paused", NULL,
 			"1 while the consumer is paused because too much is in flight",
 			gauge_paused, d);
+	metric_gauge_fn("gw_dispatcher_stream_messages", NULL,
+			"Streamed gw.replies messages produced since start (after coalescing)",
+			gauge_stream_messages, d);
+	metric_gauge_fn("gw_dispatcher_stream_arrivals", NULL,
+			"Pieces of streamed answers read from endpoints since start",
+			gauge_stream_arrivals, d);
 	if (rt->admin) {
 		evhttp_set_cb(rt->admin, "/endpoints", admin_endpoints, d);
 		evhttp_set_cb(rt->admin, "/circuit-breakers", admin_circuits, d);
 	}
 
+	if (relay_flusher_init(&d->flusher, d->base, cfg->coalesce_ms,
+			       (size_t)cfg->coalesce_bytes) != 0)
+		return -1;
 	d->janitor = event_new(d->base, -1, EV_PERSIST, janitor_cb, d);
 	d->pump = event_new(d->base, -1, 0, pump_cb, d);
 	d->retry = event_new(d->base, -1, 0, retry_cb, d);
@@ -1389,9 +1482,13 @@ void dispatch_free(struct dispatcher *d)
 		event_free(d->pump);
 	if (d->retry)
 		event_free(d->retry);
+	relay_flusher_free(&d->flusher);
 	for (int i = 0; i < d->nb; i++)
 		backend_unref(d->bs[i]);
 	free(d->bs);
+	for (int i = 0; i < d->nretired; i++)
+		backend_unref(d->retired[i]);
+	free(d->retired);
 	if (d->dns)
 		evdns_base_free(d->dns, 0);
 	if (d->ssl_ctx)

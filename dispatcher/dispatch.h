@@ -13,6 +13,7 @@
 #include "kafka.h"
 #include "metrics.h"
 #include "registry.h"
+#include "relay.h"
 #include "runtime.h"
 
 #include <event2/dns.h>
@@ -38,6 +39,9 @@ struct dispatch_config {
 	int health_interval_ms, health_timeout_ms;
 	int saturated_status; /* 429 or 503 when every endpoint is full */
 	struct breaker_config cb;
+	struct upstream_pool_config pool;
+	int coalesce_ms;    /* stream coalescing window; 0 off */
+	int coalesce_bytes; /* largest coalesced message */
 };
 
 struct dreq;
@@ -52,6 +56,10 @@ struct dispatcher {
 	void *ssl_ctx;       /* SSL_CTX for https endpoints */
 	struct backend **bs; /* the live registry; each holds one reference from here */
 	int nb;
+	/* Backends a reload removed or replaced while requests still held them; each holds
+	 * one reference from here, dropped by the janitor once it is the last one. */
+	struct backend **retired;
+	int nretired, retired_cap;
 	struct kafka_producer producer;
 	struct kafka_consumer consumer;
 	struct dedup dedup;
@@ -70,6 +78,7 @@ struct dispatcher {
 	struct event *janitor; /* one periodic timer: deadlines, phase timeouts, health, drain */
 	struct event *pump;    /* deferred start of queued requests */
 	struct event *retry;   /* the earliest retry after backoff */
+	struct relay_flusher flusher; /* the timer sending coalesced stream bytes */
 	struct metric *m_upstream, *m_ttft, *m_retries, *m_cancelled;
 };
 

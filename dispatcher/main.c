@@ -57,6 +57,11 @@ static const char usage_text[] =
     "  GW_DISPATCHER_CB_HALFOPEN_PROBES  probes at once while half-open (default 1)\n"
     "  GW_DISPATCHER_SATURATED_STATUS 429 or 503 when all endpoints are full (429)\n"
     "  GW_DISPATCHER_CANCEL_MEMORY    cancelled ids remembered (default 16384)\n"
+    "  GW_DISPATCHER_POOL_IDLE        idle keep-alive connections per endpoint (default 64;\n"
+    "                                 0 = no keep-alive)\n"
+    "  GW_DISPATCHER_POOL_IDLE_MS     idle connection closed after (default 4000)\n"
+    "  GW_DISPATCHER_COALESCE_MS      stream coalescing window (default 2; 0 = off)\n"
+    "  GW_DISPATCHER_COALESCE_BYTES   largest coalesced stream message (default 16384)\n"
     "  GW_ADMIN_LISTEN                /health /ready /metrics (default 127.0.0.1:9102)\n"
     "  GW_LOG_LEVEL                   debug|info|warn|error (default info)\n";
 

@@ -6,6 +6,7 @@
 #include "openai.h"
 #include "wire.h"
 
+#include <event2/event.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +15,17 @@
 
 #define SSE_CTYPE "text/event-stream"
 
+static void unhold(struct relay *r)
+{
+	if (r->on_held) {
+		TAILQ_REMOVE(&r->fl->held, r, held_link);
+		r->on_held = 0;
+	}
+}
+
 int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, const char *id,
-	       int32_t partition, int want_stream, size_t max_body, size_t sse_line_max)
+	       int32_t partition, int want_stream, size_t max_body, size_t sse_line_max,
+	       struct relay_flusher *fl)
 {
 	memset(r, 0, sizeof *r);
 	r->p = p;
@@ -25,6 +35,7 @@ int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, 
 	r->want_stream = want_stream;
 	r->max_body = max_body;
 	r->sse_line_max = sse_line_max;
+	r->fl = fl;
 	r->body = evbuffer_new();
 	r->sha = EVP_MD_CTX_new();
 	if (!r->body || !r->sha || EVP_DigestInit_ex(r->sha, EVP_sha256(), NULL) != 1) {
@@ -35,8 +46,19 @@ int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, 
 	return 0;
 }
 
+void relay_close(struct relay *r)
+{
+	unhold(r);
+	if (r->co_on)
+		coalesce_drop(&r->co);
+}
+
 void relay_free(struct relay *r)
 {
+	relay_close(r);
+	if (r->co_on)
+		coalesce_free(&r->co);
+	r->co_on = 0;
 	if (r->body)
 		evbuffer_free(r->body);
 	if (r->sha)
@@ -135,6 +157,108 @@ void relay_head(struct relay *r, int status, const char *ctype)
 		r->sse_on = 1;
 	}
 	r->streaming = 1;
+	if (r->fl && r->fl->window_ms > 0 && !r->co_on) {
+		if (coalesce_init(&r->co, r->fl->window_ms, r->fl->max) == 0)
+			r->co_on = 1;
+		else
+			log_warn("stream relayed without coalescing", LS("request_id", r->id));
+	}
+}
+
+/* One streamed message of any size, split at RELAY_CHUNK_MAX. */
+static void emit_stream(void *arg, const unsigned char *data, size_t len)
+{
+	struct relay *r = arg;
+	while (len > 0 && !r->failed) {
+		size_t n = len > RELAY_CHUNK_MAX ? RELAY_CHUNK_MAX : len;
+		produce_reply(r, data, n, 0);
+		if (r->fl)
+			r->fl->messages++;
+		data += n;
+		len -= n;
+	}
+}
+
+/* Held bytes wait for the flusher's timer, armed for the earliest due relay. */
+static void hold(struct relay *r)
+{
+	struct relay_flusher *f = r->fl;
+	int64_t due = coalesce_due(&r->co);
+	if (!due) {
+		unhold(r);
+		return;
+	}
+	if (!r->on_held) {
+		TAILQ_INSERT_TAIL(&f->held, r, held_link);
+		r->on_held = 1;
+	}
+	if (f->armed_us && f->armed_us <= due)
+		return;
+	int64_t wait = due - wire_now_us();
+	if (wait < 0)
+		wait = 0;
+	struct timeval tv = {(time_t)(wait / 1000000), (suseconds_t)(wait % 1000000)};
+	if (event_add(f->ev, &tv) != 0) {
+		/* Without the timer the bytes go now: late merging beats a stall. */
+		log_error("cannot arm the stream flush timer", LS("request_id", r->id));
+		unhold(r);
+		coalesce_flush(&r->co, wire_now_us(), emit_stream, r);
+		return;
+	}
+	f->armed_us = due;
+}
+
+static void flusher_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_flusher *f = arg;
+	int64_t now = wire_now_us(), next = 0;
+	f->armed_us = 0;
+	struct relay *r;
+	/* A flush produces, and producing may serve delivery reports: the list is walked
+	 * again from its head after each flush rather than trusting a saved next. */
+again:
+	next = 0;
+	TAILQ_FOREACH(r, &f->held, held_link)
+	{
+		int64_t due = coalesce_due(&r->co);
+		if (due && due > now) {
+			if (!next || due < next)
+				next = due;
+			continue;
+		}
+		unhold(r);
+		coalesce_flush(&r->co, now, emit_stream, r);
+		goto again;
+	}
+	if (next) {
+		int64_t wait = next - now;
+		struct timeval tv = {(time_t)(wait / 1000000), (suseconds_t)(wait % 1000000)};
+		if (event_add(f->ev, &tv) == 0)
+			f->armed_us = next;
+		else
+			log_error("cannot arm the stream flush timer");
+	}
+}
+
+int relay_flusher_init(struct relay_flusher *f, struct event_base *base, int window_ms, size_t max)
+{
+	memset(f, 0, sizeof *f);
+	TAILQ_INIT(&f->held);
+	f->window_ms = window_ms;
+	f->max = max;
+	f->ev = event_new(base, -1, 0, flusher_cb, f);
+	if (!f->ev) {
+		log_error("cannot create the stream flush timer");
+		return -1;
+	}
+	return 0;
+}
+
+void relay_flusher_free(struct relay_flusher *f)
+{
+	if (f->ev)
+		event_free(f->ev);
+	f->ev = NULL;
 }
 
 int relay_body(struct relay *r, struct evbuffer *buf)
@@ -172,10 +296,16 @@ int relay_body(struct relay *r, struct evbuffer *buf)
 				return -2;
 			}
 		}
-		if (!r->failed)
-			produce_reply(r, data, n, 0);
+		if (r->fl)
+			r->fl->arrivals++;
+		if (r->co_on && !r->failed)
+			coalesce_add(&r->co, data, n, wire_now_us(), emit_stream, r);
+		else if (!r->failed)
+			emit_stream(r, data, n);
 		evbuffer_drain(buf, n);
 	}
+	if (r->co_on)
+		hold(r);
 	return 0;
 }
 
@@ -194,6 +324,7 @@ void relay_reset(struct relay *r)
 	r->status = 0;
 	r->ctype[0] = 0;
 	r->have_usage = 0;
+	relay_close(r);
 }
 
 /* An endpoint 4xx whose body is not {"error":{...}}: the client still gets OpenAI's
@@ -235,7 +366,21 @@ int relay_finish(struct relay *r)
 				r->have_usage = 1;
 			}
 		}
-		produce_reply(r, "", 0, 1);
+		/* The final message carries what is held, at once. */
+		unhold(r);
+		size_t held = r->co_on ? coalesce_held(&r->co) : 0;
+		const unsigned char *data =
+		    held ? evbuffer_pullup(r->co.held, (ev_ssize_t)held) : NULL;
+		if (held && data && !r->failed) {
+			produce_reply(r, data, held, 1);
+			coalesce_drop(&r->co);
+		} else {
+			if (held)
+				coalesce_flush(&r->co, wire_now_us(), emit_stream, r);
+			produce_reply(r, "", 0, 1);
+		}
+		if (r->fl)
+			r->fl->messages++;
 		return 0;
 	}
 	size_t len = evbuffer_get_length(r->body);
@@ -302,7 +447,11 @@ void relay_error(struct relay *r, int status, const char *message, const char *c
 		return;
 	}
 	if (r->streaming && relay_started(r)) {
-		/* The status line has gone out already: end the stream with an error event. */
+		/* The status line has gone out already: end the stream with an error event,
+		 * after the (valid) bytes still held. */
+		unhold(r);
+		if (r->co_on)
+			coalesce_flush(&r->co, wire_now_us(), emit_stream, r);
 		size_t n = strlen(body) + 16;
 		char *ev = malloc(n);
 		if (!ev) {

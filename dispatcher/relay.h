@@ -6,6 +6,7 @@
 #define GW_DISPATCHER_RELAY_H
 
 #include "audit.h"
+#include "coalesce.h"
 #include "kafka.h"
 #include "sse.h"
 #include "usage.h"
@@ -14,12 +15,31 @@
 #include <openssl/evp.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 /* Largest value of one streamed gw.replies message; bigger arrivals are split. */
 #define RELAY_CHUNK_MAX (256 * 1024)
 
-/* Embedded in its request. body, sha and sse.line are owned and released by
- * relay_free; id and w are borrowed from the request. */
+struct relay;
+TAILQ_HEAD(relay_held, relay);
+
+/* The one timer that sends held stream bytes when their coalescing window ends. Owned by
+ * the dispatcher (ev is freed by relay_flusher_free); relays holding bytes are linked in
+ * (borrowed: a relay unlinks itself when it flushes, ends or is freed). */
+struct relay_flusher {
+	struct event *ev;
+	struct relay_held held;
+	int64_t armed_us;                      /* when ev fires; 0: not armed */
+	int window_ms;                         /* coalescing window of new streams; 0: off */
+	size_t max;                            /* largest coalesced message */
+	unsigned long long messages, arrivals; /* streamed messages produced, arrivals taken */
+};
+
+int relay_flusher_init(struct relay_flusher *f, struct event_base *base, int window_ms, size_t max);
+void relay_flusher_free(struct relay_flusher *f);
+
+/* Embedded in its request. body, sha, sse.line and co.held are owned and released by
+ * relay_free; id, w and fl are borrowed from the request and the dispatcher. */
 struct relay {
 	struct kafka_producer *p;
 	struct kafka_work *w;
@@ -43,10 +63,20 @@ struct relay {
 	int have_usage;
 	struct usage usage;
 	char sha_hex[65];
+	struct relay_flusher *fl;
+	struct coalesce co;
+	int co_on;
+	int on_held; /* linked in fl->held */
+	TAILQ_ENTRY(relay) held_link;
 };
 
 int relay_init(struct relay *r, struct kafka_producer *p, struct kafka_work *w, const char *id,
-	       int32_t partition, int want_stream, size_t max_body, size_t sse_line_max);
+	       int32_t partition, int want_stream, size_t max_body, size_t sse_line_max,
+	       struct relay_flusher *fl);
+
+/* The request ends without (more) replies (cancelled, or done): held bytes are dropped
+ * and the relay leaves the flusher. */
+void relay_close(struct relay *r);
 
 /* The endpoint's status line and content type arrived: decides whether to stream. */
 void relay_head(struct relay *r, int status, const char *ctype);

@@ -29,14 +29,16 @@ char *status_endpoints_json(struct backend *const *bs, int n, const struct break
 		json_array_append_new(
 		    arr,
 		    json_pack("{s:s, s:s, s:s, s:s, s:o*, s:o*, s:i, s:i, s:i, s:i, s:s, s:s, s:s, "
-			      "s:I, s:I}",
+			      "s:I, s:I, s:{s:i, s:I, s:I, s:I}}",
 			      "name", b->ep.name, "url", b->ep.url, "cluster", b->ep.cluster,
 			      "framework", b->ep.framework, "models", models, "live_models", live,
 			      "weight", b->ep.weight, "max_concurrent", b->ep.max_concurrent,
 			      "inflight", b->pool.inflight, "queued", b->nqueue, "health",
 			      health_name(b->health_ok), "health_detail", b->health_why, "circuit",
 			      breaker_state_name(b->br.state), "requests", (json_int_t)b->requests,
-			      "failures", (json_int_t)b->failures));
+			      "failures", (json_int_t)b->failures, "connections", "idle",
+			      b->pool.nidle, "opened", (json_int_t)b->pool.opened, "reused",
+			      (json_int_t)b->pool.reused, "resent", (json_int_t)b->pool.stale));
 	}
 	return dump(json_pack("{s:o*}", "endpoints", arr));
 }

@@ -1,6 +1,8 @@
 /* The HTTP call to an endpoint. evhttp runs one request at a time per connection, so a
  * call takes a connection of its own from the endpoint's idle stack (or opens one) and
- * gives it back when done: the per-call timeout then applies to that call alone. */
+ * gives it back when done: the per-call timeout then applies to that call alone. A
+ * connection evhttp has reset is never reused (see struct upstream_conn): evhttp would
+ * reconnect it in place, which a TLS bufferevent cannot do safely. */
 #include "upstream.h"
 
 #include "log.h"
@@ -16,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #define UPSTREAM_MAX_HEADERS (64 * 1024)
@@ -49,7 +53,8 @@ void upstream_ssl_ctx_free(void *ctx)
 }
 
 int upstream_pool_init(struct upstream_pool *p, struct event_base *base, struct evdns_base *dns,
-		       void *ssl_ctx, const struct endpoint *ep)
+		       void *ssl_ctx, const struct endpoint *ep,
+		       const struct upstream_pool_config *cfg)
 {
 	memset(p, 0, sizeof *p);
 	p->base = base;
@@ -60,7 +65,9 @@ int upstream_pool_init(struct upstream_pool *p, struct event_base *base, struct 
 		return -1;
 	}
 	p->ep = ep;
-	p->idle = calloc((size_t)ep->max_concurrent, sizeof *p->idle);
+	p->idle_cap = cfg->idle_max < ep->max_concurrent ? cfg->idle_max : ep->max_concurrent;
+	p->idle_ms = cfg->idle_ms;
+	p->idle = calloc((size_t)(p->idle_cap > 0 ? p->idle_cap : 1), sizeof *p->idle);
 	if (!p->idle) {
 		log_error("out of memory for endpoint connections", LS("endpoint", ep->name));
 		return -1;
@@ -80,7 +87,7 @@ int upstream_pool_init(struct upstream_pool *p, struct event_base *base, struct 
 void upstream_pool_free(struct upstream_pool *p)
 {
 	for (int i = 0; i < p->nidle; i++)
-		evhttp_connection_free(p->idle[i]);
+		upstream_conn_free(p->idle[i]);
 	free(p->idle);
 	if (p->auth) {
 		explicit_bzero(p->auth, strlen(p->auth));
@@ -116,8 +123,29 @@ static struct bufferevent *tls_bev(struct upstream_pool *p)
 	return bev;
 }
 
-struct evhttp_connection *upstream_connection_new(struct upstream_pool *p)
+/* evhttp reports every reset of a connection that was up (peer close while idle, errors,
+ * Connection: close, free) here. */
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
 {
+	struct upstream_conn *c = arg;
+	c->dead = 1;
+}
+
+void upstream_conn_free(struct upstream_conn *c)
+{
+	if (!c)
+		return;
+	evhttp_connection_free(c->evcon);
+	free(c);
+}
+
+struct upstream_conn *upstream_conn_new(struct upstream_pool *p)
+{
+	struct upstream_conn *uc = calloc(1, sizeof *uc);
+	if (!uc) {
+		log_error("out of memory for an endpoint connection", LS("endpoint", p->ep->name));
+		return NULL;
+	}
 	struct evhttp_connection *c;
 	if (p->ep->https) {
 		struct bufferevent *bev = tls_bev(p);
@@ -131,37 +159,84 @@ struct evhttp_connection *upstream_connection_new(struct upstream_pool *p)
 	}
 	if (!c) {
 		log_error("cannot create endpoint connection", LS("endpoint", p->ep->name));
+		free(uc);
 		return NULL;
 	}
-	evhttp_connection_set_max_headers_size(c, UPSTREAM_MAX_HEADERS);
-	evhttp_connection_set_retries(c, 0);
-	return c;
-}
-
-static struct evhttp_connection *pool_take(struct upstream_pool *p)
-{
-	if (p->nidle > 0)
-		return p->idle[--p->nidle];
-	struct evhttp_connection *c = upstream_connection_new(p);
-	if (!c) {
-		log_error("cannot create endpoint connection", LS("endpoint", p->ep->name));
-		return NULL;
-	}
+	uc->evcon = c;
 	evhttp_connection_set_max_headers_size(c, UPSTREAM_MAX_HEADERS);
 	/* A POST is never resent by the library: failover is the dispatcher's decision. */
 	evhttp_connection_set_retries(c, 0);
+	evhttp_connection_set_closecb(c, conn_closed, uc);
+	return uc;
+}
+
+/* A request is written in more than one piece (headers, body; over TLS one record each).
+ * On a connection past its first exchange, Nagle's algorithm would hold the second piece
+ * until the endpoint's delayed ACK (~40 ms), so kept-alive connections turn it off (as
+ * curl does). Set once, when the connection first goes idle: its socket exists then. */
+static void nodelay(struct upstream_conn *c)
+{
+	if (c->nodelay)
+		return;
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	int one = 1;
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0)
+		c->nodelay = 1;
+}
+
+/* The newest live idle connection, else a new one (fresh: never a kept-alive one). Dead
+ * ones met on the way are closed: no callback of theirs is running here. */
+static struct upstream_conn *pool_take(struct upstream_pool *p, int fresh)
+{
+	while (!fresh && p->nidle > 0) {
+		struct upstream_conn *c = p->idle[--p->nidle];
+		if (!c->dead)
+			return c;
+		upstream_conn_free(c);
+	}
+	struct upstream_conn *c = upstream_conn_new(p);
+	if (c)
+		p->opened++;
 	return c;
 }
 
-/* The caller guarantees inflight <= max_concurrent, so the stack never overflows. A
- * connection that failed, was cancelled or speaks TLS is closed rather than kept: evhttp
- * cannot reconnect a TLS bufferevent once its session ended. */
-static void pool_give(struct upstream_pool *p, struct evhttp_connection *c, int failed)
+/* A connection that failed, was cancelled or was closed by either side is freed rather
+ * than kept; so is one beyond the idle cap. */
+static void pool_give(struct upstream_pool *p, struct upstream_conn *c, int failed)
 {
-	if (!failed && !p->ep->https && p->nidle < p->ep->max_concurrent)
+	if (!failed && !c->dead && p->nidle < p->idle_cap) {
+		c->idle_since_us = wire_now_us();
+		nodelay(c);
 		p->idle[p->nidle++] = c;
-	else
-		evhttp_connection_free(c);
+	} else {
+		upstream_conn_free(c);
+	}
+}
+
+void upstream_pool_adopt(struct upstream_pool *to, struct upstream_pool *from)
+{
+	int k = 0;
+	for (int i = 0; i < from->nidle; i++) {
+		if (to->nidle < to->idle_cap)
+			to->idle[to->nidle++] = from->idle[i];
+		else
+			from->idle[k++] = from->idle[i];
+	}
+	from->nidle = k;
+}
+
+void upstream_pool_tick(struct upstream_pool *p, int64_t now_us)
+{
+	int k = 0;
+	for (int i = 0; i < p->nidle; i++) {
+		struct upstream_conn *c = p->idle[i];
+		if (c->dead || now_us - c->idle_since_us >= (int64_t)p->idle_ms * 1000)
+			upstream_conn_free(c);
+		else
+			p->idle[k++] = c;
+	}
+	p->nidle = k;
 }
 
 static void call_end(struct upstream_call *c)
@@ -233,6 +308,8 @@ static enum upstream_result classify(struct upstream_call *c, struct evhttp_requ
 	return UPSTREAM_UNREACHABLE;
 }
 
+static int call_send(struct upstream_call *c, int fresh);
+
 static void done_cb(struct evhttp_request *req, void *arg)
 {
 	struct upstream_call *c = arg;
@@ -247,6 +324,25 @@ static void done_cb(struct evhttp_request *req, void *arg)
 	}
 	enum upstream_result r = classify(c, req);
 	c->failed = r != UPSTREAM_OK;
+	if (r == UPSTREAM_UNREACHABLE && c->reused && !c->resent && !c->starting) {
+		/* The endpoint closed the kept-alive connection before answering anything (an
+		 * idle timeout racing this request): not the endpoint's failure. Once more on a
+		 * fresh connection; only that outcome counts. */
+		c->resent = 1;
+		c->pool->stale++;
+		call_end(c);
+		log_debug("kept-alive connection was closed by the endpoint: resending on a new "
+			  "one",
+			  LS("request_id", c->request_id), LS("endpoint", c->pool->ep->name));
+		c->http_error = -1;
+		c->got_head = 0;
+		if (call_send(c, 1) == 0)
+			return;
+		/* The fresh connection failed at once (its nested done_cb left the report). */
+		c->sync_done = 0;
+		c->ops->on_done(c, UPSTREAM_UNREACHABLE);
+		return;
+	}
 	if (r == UPSTREAM_OK) {
 		/* Keep-alive only when the endpoint did not ask to close. */
 		const char *conn =
@@ -262,34 +358,28 @@ static void done_cb(struct evhttp_request *req, void *arg)
 	c->ops->on_done(c, r);
 }
 
-int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struct upstream_ops *ops,
-		   const char *route, const char *request_id, const void *body, size_t len,
-		   int timeout_ms)
+/* Takes a connection (a fresh one when asked) and sends the request on it. 0 when under
+ * way; -1 when it failed at once (nothing in flight, no callback follows). */
+static int call_send(struct upstream_call *c, int fresh)
 {
-	memset(c, 0, sizeof *c);
-	c->pool = p;
-	c->ops = ops;
-	c->http_error = -1;
+	struct upstream_pool *p = c->pool;
 	c->start_us = wire_now_us();
-	c->expires_us = c->start_us + (int64_t)timeout_ms * 1000;
-
-	char uri[512];
-	int n = snprintf(uri, sizeof uri, "%s%s", p->ep->base_path, route);
-	if (n < 0 || (size_t)n >= sizeof uri) {
-		log_error("upstream path too long", LS("request_id", request_id),
-			  LS("endpoint", p->ep->name));
-		return -1;
-	}
-	c->conn = pool_take(p);
+	c->expires_us = c->start_us + (int64_t)c->timeout_ms * 1000;
+	c->conn = pool_take(p, fresh);
 	if (!c->conn)
 		return -1;
+	c->reused = c->conn->uses > 0;
+	if (c->reused)
+		p->reused++;
+	c->conn->uses++;
 	p->inflight++;
-	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-	evhttp_connection_set_timeout_tv(c->conn, &tv);
+	struct timeval tv = {c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000};
+	evhttp_connection_set_timeout_tv(c->conn->evcon, &tv);
 
 	struct evhttp_request *req = evhttp_request_new(done_cb, c);
 	if (!req) {
-		log_error("cannot create upstream request", LS("request_id", request_id));
+		log_error("cannot create upstream request", LS("request_id", c->request_id));
+		c->failed = 1;
 		call_end(c);
 		return -1;
 	}
@@ -299,31 +389,55 @@ int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struc
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	if (evhttp_add_header(h, "Host", p->ep->host_header) ||
 	    evhttp_add_header(h, "Content-Type", "application/json") ||
-	    evhttp_add_header(h, "X-Request-Id", request_id) ||
+	    evhttp_add_header(h, "X-Request-Id", c->request_id) ||
 	    (p->auth && evhttp_add_header(h, "Authorization", p->auth)) ||
-	    evbuffer_add(evhttp_request_get_output_buffer(req), body, len)) {
-		log_error("cannot build upstream request", LS("request_id", request_id),
+	    evbuffer_add(evhttp_request_get_output_buffer(req), c->body, c->len)) {
+		log_error("cannot build upstream request", LS("request_id", c->request_id),
 			  LS("endpoint", p->ep->name));
 		evhttp_request_free(req);
+		c->failed = 1;
 		call_end(c);
 		return -1;
 	}
 	c->req = req;
 	c->starting = 1;
+	c->sync_done = 0;
 	/* A connect that fails at once completes the request inside this call. On -1 the
 	 * library may or may not have freed req, so it is left alone (a rare leak beats a
 	 * double free). */
-	int rc = evhttp_make_request(c->conn, req, EVHTTP_REQ_POST, uri);
+	int rc = evhttp_make_request(c->conn->evcon, req, EVHTTP_REQ_POST, c->uri);
 	c->starting = 0;
 	if (rc != 0) {
-		log_error("cannot send upstream request", LS("request_id", request_id),
+		log_error("cannot send upstream request", LS("request_id", c->request_id),
 			  LS("endpoint", p->ep->name));
+		c->failed = 1;
 		call_end(c);
 		return -1;
 	}
 	if (c->sync_done)
 		return -1;
 	return 0;
+}
+
+int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struct upstream_ops *ops,
+		   const char *route, const char *request_id, const void *body, size_t len,
+		   int timeout_ms)
+{
+	memset(c, 0, sizeof *c);
+	c->pool = p;
+	c->ops = ops;
+	c->http_error = -1;
+	c->timeout_ms = timeout_ms;
+	c->request_id = request_id;
+	c->body = body;
+	c->len = len;
+	int n = snprintf(c->uri, sizeof c->uri, "%s%s", p->ep->base_path, route);
+	if (n < 0 || (size_t)n >= sizeof c->uri) {
+		log_error("upstream path too long", LS("request_id", request_id),
+			  LS("endpoint", p->ep->name));
+		return -1;
+	}
+	return call_send(c, 0);
 }
 
 void upstream_cancel(struct upstream_call *c)
@@ -341,7 +455,8 @@ void upstream_cancel(struct upstream_call *c)
 /* evhttp does not report when its connection is up; the socket knows. */
 static int conn_up(const struct upstream_call *c)
 {
-	struct bufferevent *bev = c->conn ? evhttp_connection_get_bufferevent(c->conn) : NULL;
+	struct bufferevent *bev =
+	    c->conn ? evhttp_connection_get_bufferevent(c->conn->evcon) : NULL;
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;

@@ -1,7 +1,8 @@
 /* The HTTP(S) call to a compute endpoint, with libevent's evhttp client: one keep-alive
- * connection per call in flight (a per-endpoint stack of idle ones is reused), the
- * body relayed through callbacks as it arrives. https uses bufferevent_openssl with
- * certificate and host name verification. */
+ * connection per call in flight (a bounded per-endpoint stack of idle ones is reused, for
+ * http and https alike), the body relayed through callbacks as it arrives. https uses
+ * bufferevent_openssl with certificate and host name verification on every new
+ * connection. */
 #ifndef GW_DISPATCHER_UPSTREAM_H
 #define GW_DISPATCHER_UPSTREAM_H
 
@@ -13,17 +14,42 @@
 #include <event2/http.h>
 #include <stdint.h>
 
-/* The connections of one endpoint. Owned by the dispatcher (one per registry entry);
- * idle and auth are malloc'd, the connections are freed by upstream_pool_free. */
+/* One connection to an endpoint. Owned by the pool's idle stack while idle, by the call
+ * (or health check) using it otherwise; upstream_conn_free releases it and its evhttp
+ * connection. dead is set by evhttp's close callback (the peer closed it, or evhttp reset
+ * it after an error): a dead connection is never given another request, because evhttp
+ * would reconnect the same bufferevent and, for TLS, the same spent SSL object. */
+struct upstream_conn {
+	struct evhttp_connection *evcon;
+	int dead;
+	int nodelay;           /* TCP_NODELAY set on its socket */
+	unsigned uses;         /* requests started on it */
+	int64_t idle_since_us; /* when it went back to the idle stack */
+};
+
+/* Keep-alive settings shared by every endpoint's pool. */
+struct upstream_pool_config {
+	int idle_max; /* idle connections kept per endpoint (capped at max_concurrent); 0: none */
+	int idle_ms;  /* an idle connection older than this is closed by upstream_pool_tick */
+};
+
+/* The connections of one endpoint. Embedded in its backend; idle (the stack) and auth are
+ * malloc'd, the idle connections are freed by upstream_pool_free. Connections in use
+ * belong to their calls. */
 struct upstream_pool {
 	struct event_base *base;
-	struct evdns_base *dns;          /* borrowed */
-	void *ssl_ctx;                   /* SSL_CTX, borrowed; used for https endpoints */
-	const struct endpoint *ep;       /* borrowed from the registry */
-	char *auth;                      /* "Bearer <key>" or NULL; a secret, never logged */
-	struct evhttp_connection **idle; /* stack, at most ep->max_concurrent */
-	int nidle;
+	struct evdns_base *dns;      /* borrowed */
+	void *ssl_ctx;               /* SSL_CTX, borrowed; used for https endpoints */
+	const struct endpoint *ep;   /* borrowed from the backend */
+	char *auth;                  /* "Bearer <key>" or NULL; a secret, never logged */
+	struct upstream_conn **idle; /* stack, newest on top, at most idle_cap */
+	int nidle, idle_cap;
+	int idle_ms;
 	int inflight;
+	/* Counters for the admin view and the tests. */
+	unsigned long long opened; /* connections opened for calls */
+	unsigned long long reused; /* calls sent on a kept-alive connection */
+	unsigned long long stale;  /* calls resent on a fresh connection after a dead reuse */
 };
 
 enum upstream_result {
@@ -46,11 +72,13 @@ struct upstream_ops {
 	void (*on_done)(struct upstream_call *c, enum upstream_result r);
 };
 
-/* One call; embedded in the request making it. conn is borrowed from the pool while the
- * call is in flight; req belongs to evhttp and is NULL when nothing is in flight. */
+/* One call; embedded in the request making it. conn is taken from the pool while the
+ * call is in flight and given back (or freed) when it ends; req belongs to evhttp and is
+ * NULL when nothing is in flight. request_id and body are borrowed from the request,
+ * which keeps them until the call ends (a dead kept-alive connection resends them). */
 struct upstream_call {
 	struct upstream_pool *pool;
-	struct evhttp_connection *conn;
+	struct upstream_conn *conn;
 	struct evhttp_request *req;
 	const struct upstream_ops *ops;
 	int got_head;
@@ -60,14 +88,30 @@ struct upstream_call {
 	int64_t expires_us;                  /* when the call's evhttp timeout runs out */
 	int failed;                          /* ended badly: its connection is closed, not reused */
 	int64_t start_us, first_us, last_us; /* for the phase timeouts (upstream_expired) */
+	int reused;                          /* conn had served a call before this one */
+	int resent;                          /* already resent once on a fresh connection */
+	int timeout_ms;
+	const char *request_id;
+	const void *body;
+	size_t len;
+	char uri[512];
 };
 
 int upstream_pool_init(struct upstream_pool *p, struct event_base *base, struct evdns_base *dns,
-		       void *ssl_ctx, const struct endpoint *ep);
+		       void *ssl_ctx, const struct endpoint *ep,
+		       const struct upstream_pool_config *cfg);
 void upstream_pool_free(struct upstream_pool *p);
 
-/* A new connection to the endpoint (TLS for https); NULL (logged) on failure. */
-struct evhttp_connection *upstream_connection_new(struct upstream_pool *p);
+/* Moves from's idle connections to `to` (same URL, after a reload), as many as fit. */
+void upstream_pool_adopt(struct upstream_pool *to, struct upstream_pool *from);
+
+/* Closes idle connections that died or sat idle longer than idle_ms (the janitor's job:
+ * never from inside an evhttp callback). */
+void upstream_pool_tick(struct upstream_pool *p, int64_t now_us);
+
+/* A new connection to the endpoint (TLS for https, verified); NULL (logged) on failure. */
+struct upstream_conn *upstream_conn_new(struct upstream_pool *p);
+void upstream_conn_free(struct upstream_conn *c);
 
 /* Builds the SSL_CTX for https endpoints: peer verification against ca_file (NULL:
  * the system store). NULL (logged) on failure. */
@@ -77,7 +121,10 @@ void upstream_ssl_ctx_free(void *ctx);
 /* POSTs body to the endpoint's base path + route. timeout_ms bounds connecting and each
  * wait for data (the endpoint's chunk timeout); the other phases are checked by
  * upstream_expired. Returns 0 when the call is under way, -1 when it failed at once (no
- * connection could be started: treat as unreachable; nothing is reported later). */
+ * connection could be started: treat as unreachable; nothing is reported later).
+ * request_id and body must stay valid until the call ends. When a kept-alive connection
+ * turns out dead before any byte of the answer (the endpoint closed it while idle), the
+ * call is resent once on a fresh connection; only that second outcome is reported. */
 int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struct upstream_ops *ops,
 		   const char *route, const char *request_id, const void *body, size_t len,
 		   int timeout_ms);

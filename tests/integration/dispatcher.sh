@@ -164,8 +164,12 @@ check "failing mock endpoint starts" wait_http "http://127.0.0.1:$FAIL_PORT/heal
 check "big mock endpoint starts" wait_http "http://127.0.0.1:$BIG_PORT/health" "$BIG_PID"
 check "flaky mock endpoint starts" wait_http "http://127.0.0.1:$FLAKY_PORT/health" "$FLAKY_PID"
 
+# Circuits are tested in dispatcher_routing.sh. Here the never-started endpoint 'down'
+# must answer 502 upstream_unavailable however long the run takes on a loaded machine,
+# not 503 once enough 5 s health checks have failed to open its circuit.
 start_dispatcher() { # drain_ms log
 	GW_ENDPOINTS_FILE=$D/endpoints.json GW_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT \
+		GW_DISPATCHER_CB_FAILURES=1000 GW_DISPATCHER_CB_RATE_MIN=1000 \
 		GW_DISPATCHER_ENDPOINT_QUEUE=1 GW_DISPATCHER_DRAIN_MS=$1 GW_LOG_LEVEL=info \
 		GW_DISPATCHER_MAX_RESPONSE=8192 \
 		"$DISPATCHER" serve 2>"$D/$2" &
@@ -304,10 +308,19 @@ check_eq "endpoint 503: audited as error" "error/503/upstream_status" \
 r=$(probe --model big-llm)
 check_eq "answer too large: 502" 502 "$(jf .status "$r")"
 check_eq "answer too large: code" "upstream_response_too_large" "$(jf .body "$r" | jq -r .error.code)"
-r=$(probe --model big-llm --stream 1)
+BBODY='{"model":"big-llm","stream":true,"messages":[{"role":"user","content":"a long one"}]}'
+r=$(probe --model big-llm --stream 1 --body "$BBODY")
 check_eq "large stream: relayed" 200 "$(jf .status "$r")"
 check "large stream: more than 8192 bytes, ends with [DONE]" \
 	jqe '.body_size > 8192 and (.body | endswith("data: [DONE]\n\n"))' <<<"$r"
+# The big mock sends its 3000 tokens without pause, one HTTP chunk each: coalesced
+# (GW_DISPATCHER_COALESCE_MS=2 by default) into far fewer messages, whole and in order.
+direct=$(curl -sS "http://127.0.0.1:$BIG_PORT/v1/chat/completions" -H 'Content-Type: application/json' -d "$BBODY")
+events=$(jf .body "$r" | grep -c '^data: ')
+n=$(jq '.seqs | length' <<<"$r")
+check "large stream: small chunks coalesced ($n messages for $events events)" test "$n" -lt $((events / 4))
+check_eq "large stream: seqs 0..n-1 in order" "$(jq -c '[range(0; .seqs | length)]' <<<"$r")" "$(jq -c .seqs <<<"$r")"
+check_eq "large stream: coalesced stream byte for byte" "$direct" "$(jf .body "$r")"
 
 # The endpoint dies mid-stream: the stream ends with an SSE error event, then final.
 probe --model flaky-llm --stream 1 --timeout-ms 20000 >"$D/flaky.out" &

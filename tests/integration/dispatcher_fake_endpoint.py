@@ -1,18 +1,33 @@
 #!/usr/bin/env python3
 """A misbehaving OpenAI-compatible endpoint for the dispatcher tests: the model named in
 the request body picks the misbehaviour. Optional TLS (cert and key files).
+GET /count: requests per model, and "_connections": connections accepted so far.
+FAKE_IDLE_S (env): close a kept-alive connection after that many idle seconds.
 usage: dispatcher_fake_endpoint.py PORT [CERT KEY]"""
 import json
+import os
 import ssl
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-COUNTS = {}
-MODELS = ["garbage", "ratelimited", "plain4xx", "badsse", "tls-llm"]
+COUNTS = {"_connections": 0}
+LOCK = threading.Lock()
+MODELS = ["garbage", "ratelimited", "plain4xx", "badsse", "tls-llm", "tls-idle", "drop-reused"]
 
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, Nagle's algorithm and the
+    # client's delayed ACK stall every answer on a kept-alive connection by ~40 ms.
+    disable_nagle_algorithm = True
+    timeout = float(os.environ.get("FAKE_IDLE_S", "0")) or None
+
+    def setup(self):
+        super().setup()
+        self.served = 0
+        with LOCK:
+            COUNTS["_connections"] += 1
 
     def log_message(self, *a):
         pass
@@ -40,7 +55,14 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(n) or b"{}")
         model = body.get("model", "")
-        COUNTS[model] = COUNTS.get(model, 0) + 1
+        with LOCK:
+            COUNTS[model] = COUNTS.get(model, 0) + 1
+        self.served += 1
+        if model == "drop-reused" and self.served > 1:
+            # An endpoint closing a kept-alive connection as the request arrives: the
+            # request is read, never answered.
+            self.close_connection = True
+            return
         if model == "garbage":
             self.send(200, '{"id": "x", "choices": [ not json')
         elif model == "ratelimited":

@@ -3,6 +3,7 @@
 #include "ingress.h"
 #include "audit.h"
 #include "check.h"
+#include "hint.h"
 #include "config.h"
 #include "hex.h"
 #include "log.h"
@@ -11,7 +12,6 @@
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
-#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stddef.h>
@@ -251,70 +251,6 @@ static void on_audit_done(struct kafka_done *d, rd_kafka_resp_err_t err)
 	pending_unref(p);
 }
 
-/* The principal hint (gw.requests key): an API key's public id for keys of the form
- * gw_<16 hex id>_<secret> (authz/apikey.h), otherwise a digest of the credential so
- * the same credential always lands on the same authz copy. */
-/* The "sub" claim of a compact JWT (header.payload.signature), not verified: it
- * only chooses a partition. Returns -1 when cred is not a JWT with a string sub. */
-static int jwt_subject(const char *cred, size_t len, char *out, size_t cap)
-{
-	const char *dot1 = memchr(cred, '.', len);
-	if (!dot1)
-		return -1;
-	const char *p = dot1 + 1;
-	const char *dot2 = memchr(p, '.', len - (size_t)(p - cred));
-	if (!dot2 || dot2 == p || (size_t)(dot2 - p) > 8192)
-		return -1;
-	size_t n = (size_t)(dot2 - p);
-	char b64[8192 + 4];
-	for (size_t i = 0; i < n; i++) /* base64url -> base64 */
-		b64[i] = p[i] == '-' ? '+' : p[i] == '_' ? '/' : p[i];
-	while (n % 4)
-		b64[n++] = '=';
-	unsigned char json[6200];
-	int jl = EVP_DecodeBlock(json, (const unsigned char *)b64, (int)n);
-	if (jl <= 0)
-		return -1;
-	while (jl > 0 && json[jl - 1] == 0) /* padding decodes to trailing zeros */
-		jl--;
-	json_t *claims = json_loadb((const char *)json, (size_t)jl, 0, NULL);
-	const char *s = json_string_value(json_object_get(claims, "sub"));
-	int rc = -1;
-	if (s && *s && strlen(s) < cap) {
-		snprintf(out, cap, "%s", s);
-		rc = 0;
-	}
-	json_decref(claims);
-	return rc;
-}
-
-static void principal_hint(const char *cred, size_t len, char out[65])
-{
-	if (len > 20 && memcmp(cred, "gw_", 3) == 0 && cred[19] == '_') {
-		int ok = 1;
-		for (int i = 3; i < 19; i++)
-			if (!((cred[i] >= '0' && cred[i] <= '9') ||
-			      (cred[i] >= 'a' && cred[i] <= 'f')))
-				ok = 0;
-		if (ok) {
-			memcpy(out, cred + 3, 16);
-			out[16] = 0;
-			return;
-		}
-	}
-	/* A JWT: its (unverified) subject, so every token of one principal meets in
-	 * the same authz copy; authz verifies the token. */
-	char sub[256];
-	const char *subject = jwt_subject(cred, len, sub, sizeof sub) == 0 ? sub : NULL;
-	unsigned char md[32];
-	unsigned int mdlen = 0;
-	if (subject)
-		EVP_Digest(subject, strlen(subject), md, &mdlen, EVP_sha256(), NULL);
-	else
-		EVP_Digest(cred, len, md, &mdlen, EVP_sha256(), NULL);
-	hex_encode(md, 16, out);
-}
-
 /* CORS preflight: answered for allowed origins, with nothing CORS for the others. */
 static void preflight(struct ingress *ig, struct evhttp_request *req, const char *id,
 		      const struct route_match *rm)
@@ -493,8 +429,8 @@ static void front_request(struct evhttp_request *req, void *arg)
 	snprintf(m->client, sizeof m->client, "%s", p->client);
 	snprintf(m->cluster, sizeof m->cluster, "%s", rm.cluster);
 	snprintf(m->framework, sizeof m->framework, "%s", rm.framework);
-	char hint[65];
-	principal_hint(cred, credlen, hint);
+	char hint[HINT_MAX];
+	hint_derive(cred, credlen, hint);
 	int sealed =
 	    seal_encrypt(ig->seal_key, cred, credlen, id, m->cred, sizeof m->cred, &m->cred_len);
 	rd_kafka_headers_t *h = rd_kafka_headers_new(12);

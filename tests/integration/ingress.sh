@@ -15,6 +15,12 @@ export GW_HEADER_TIMEOUT_MS=2000 GW_BODY_TIMEOUT_MS=2000 GW_MAX_JSON_DEPTH=32
 export GW_MAX_BODY=1048576 GW_CORS_ORIGINS="https://app.example, https://other.example"
 # Streams last ~2 s (400 tokens, 5 ms apart): long enough to leave one mid-way.
 export GW_MOCK_TOKEN_MS=5 GW_MOCK_COMPLETION_TOKENS=400
+# One principal with a one-request-a-minute limit, so authz's 429 and its retry time
+# can be followed through ingress; nobody else is limited.
+cat >"$STACK_DIR/policy.json" <<'JSON'
+{"limits": {"principals": {"ingress-limited": {"requests_per_minute": 1}}}}
+JSON
+export GW_POLICY_FILE=$STACK_DIR/policy.json
 . "$ROOT/deploy/local/stack.sh"
 . "$HERE/ingress_lib.sh"
 . "$ROOT/tests/lib/assert.sh"
@@ -282,6 +288,31 @@ curl -sS --max-time 0.05 -o /dev/null "$URL/v1/chat/completions" "${AUTH[@]}" "$
 	-H "X-Request-Id: $nid" -d '{"model":"mock-llm","stream":true,"messages":[{"role":"user","content":"leave early"}]}' 2>/dev/null
 check "disconnect before the first byte (streamed request): cancel sent" eventually 10 cancel_sent "$nid"
 
+# --- a limit's retry time reaches the client: authz's 429 carries gw-retry-after on
+# gw.replies, ingress answers it with Retry-After ---
+LIMITED=$(stack_new_api_key)
+env GW_ENV_FILE=/dev/null GW_DATABASE_URL="$PG_ADMIN_URL" GW_LIMITED_KEY="$LIMITED" \
+	"$STACK_BIN/authz/authz" keys create --principal ingress-limited --key-from-env GW_LIMITED_KEY \
+	>/dev/null 2>"$T/keys.log"
+check "a second API key (principal ingress-limited) is created" test $? -eq 0
+limited() { # headers-file body-file: one request with the limited key, prints the status
+	curl -sS -D "$1" -o "$2" -w '%{http_code}' "$URL/v1/chat/completions" \
+		-H "Authorization: Bearer $LIMITED" "${JSON[@]}" -d "$body"
+}
+check_eq "requests_per_minute 1: the first request is served" 200 "$(limited "$T/hl1" "$T/bl1")"
+check_eq "requests_per_minute 1: the second is refused with 429" 429 "$(limited "$T/hl2" "$T/bl2")"
+ra=$(header_of "$T/hl2" Retry-After)
+check "429: Retry-After is a number of seconds within the minute ($ra)" \
+	bash -c "[[ '$ra' =~ ^[0-9]+$ ]] && [ '$ra' -ge 1 ] && [ '$ra' -le 60 ]"
+check_eq "429: Retry-After equals the body's retry_after_s" "$ra" "$(jq -r .error.retry_after_s "$T/bl2")"
+check_eq "429: OpenAI shape" rate_limit_error "$(jq -r .error.type "$T/bl2")"
+check_contains "429: Retry-After is exposed to allowed browser origins" \
+	"$(curl -sS -D - -o /dev/null "$URL/v1/chat/completions" -H 'Origin: https://app.example' \
+		-H "Authorization: Bearer $LIMITED" "${JSON[@]}" -d "$body" | tr -d '\r')" \
+	'Access-Control-Expose-Headers: X-Request-Id, Retry-After'
+code=$(curl -sS -D "$T/hl3" -o /dev/null -w '%{http_code}' "$URL/v1/chat/completions" "${AUTH[@]}" "${JSON[@]}" -d "$body")
+check_eq "other principals are not limited, and get no Retry-After" "200 " "$code $(header_of "$T/hl3" Retry-After)"
+
 # --- metrics ---
 m=$(curl -sS "$URL/metrics")
 check_contains "metrics: requests by route and status" "$m" 'gw_ingress_requests_total{route="/resource_server/{cluster}/{framework}/v1/chat/completions",code="200"}'
@@ -301,5 +332,6 @@ rc=0
 stack_stop_one ingress 30 || rc=$?
 check_eq "ingress exits 0 on SIGTERM" 0 "$rc"
 check_eq "the API key appears in no log" "" "$(grep -rl -F -- "${KEY#gw_*_}" "$STACK_DIR/logs" 2>/dev/null)"
+check_eq "the limited API key appears in no log" "" "$(grep -rl -F -- "${LIMITED#gw_*_}" "$STACK_DIR/logs" 2>/dev/null)"
 
 t_summary

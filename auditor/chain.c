@@ -76,49 +76,69 @@ static char unescape(char c)
 	}
 }
 
+static unsigned char *put_u32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+	return p + 4;
+}
+
+/* Builds the whole canonical row in scratch, then hashes it in one call: the writer
+ * hashes every row it stores, and a digest update per field cost more than the hashing. */
 int chain_hash_copy_line(const unsigned char *prev, int32_t chain_id, const char *line, size_t len,
 			 char **scratch, size_t *scratchcap, unsigned char *out)
 {
 	if (len == 0 || line[len - 1] != '\n')
 		return -1;
 	len--;
-	if (*scratchcap < len + 1) {
-		char *n = realloc(*scratch, len + 1);
+	/* Fields are at most len + 1 (one per tab, plus one), each framed in 5 bytes. */
+	size_t need = CHAIN_HASH_LEN + 4 + len + 5 * (len + 1);
+	if (*scratchcap < need) {
+		char *n = realloc(*scratch, need);
 		if (!n)
 			return -1;
 		*scratch = n;
-		*scratchcap = len + 1;
+		*scratchcap = need;
 	}
-	EVP_MD_CTX *md = begin(prev, chain_id);
-	if (!md)
-		return -1;
+	unsigned char *o = (unsigned char *)*scratch;
+	memcpy(o, prev, CHAIN_HASH_LEN);
+	o = put_u32(o + CHAIN_HASH_LEN, (uint32_t)chain_id);
 	size_t i = 0;
 	for (;;) {
 		size_t start = i;
-		while (i < len && line[i] != '\t')
-			i++;
-		int rc;
+		const char *tab = memchr(line + start, '\t', len - start);
+		i = tab ? (size_t)(tab - line) : len;
 		if (i - start == 2 && line[start] == '\\' && line[start + 1] == 'N') {
-			rc = put_field(md, NULL, 0);
+			*o++ = TAG_NULL;
 		} else {
-			size_t n = 0;
-			for (size_t j = start; j < i; j++) {
-				if (line[j] == '\\' && j + 1 < i)
-					(*scratch)[n++] = unescape(line[++j]);
-				else
-					(*scratch)[n++] = line[j];
+			unsigned char *hdr = o;
+			o += 5;
+			if (!memchr(line + start, '\\', i - start)) {
+				memcpy(o, line + start, i - start);
+				o += i - start;
+			} else {
+				for (size_t j = start; j < i; j++) {
+					if (line[j] == '\\' && j + 1 < i)
+						*o++ = (unsigned char)unescape(line[++j]);
+					else
+						*o++ = (unsigned char)line[j];
+				}
 			}
-			rc = put_field(md, *scratch, n);
-		}
-		if (rc != 0) {
-			EVP_MD_CTX_free(md);
-			return -1;
+			hdr[0] = TAG_VALUE;
+			put_u32(hdr + 1, (uint32_t)(o - hdr - 5));
 		}
 		if (i >= len)
 			break;
 		i++;
 	}
-	return finish(md, out);
+	unsigned int n = 0;
+	return EVP_Digest(*scratch, (size_t)(o - (unsigned char *)*scratch), out, &n, EVP_sha256(),
+			  NULL) == 1 &&
+		       n == CHAIN_HASH_LEN
+		   ? 0
+		   : -1;
 }
 
 void chain_hex(const unsigned char *h, char *out)

@@ -10,6 +10,7 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,8 @@
 #define BACKOFF_MAX_MS  5000
 #define IDLE_CHECK_MS   5000
 #define STOP_BUDGET_MS  5000
-/* A batch is also full at this many bytes of rows, however few events it holds. */
+/* A batch is also full at this many bytes of rows, however few events it holds (a write
+ * merged back after a failure holds up to twice this; PQputCopyData takes an int). */
 #define BATCH_BYTES_MAX (16u << 20)
 
 /* One consumed message from its arrival until its offset may be stored. Owned by the
@@ -123,9 +125,14 @@ static void handback(struct ingest *in, rd_kafka_message_t *msg)
 	rd_kafka_message_destroy(msg);
 }
 
+/* The batch and the write in flight together stay within twice the batch (the arrays'
+ * size): a failed write goes back in front of the batch, so their sum is what the next
+ * write may hold. */
 static int batch_full(const struct ingest *in)
 {
 	return in->nbatch >= in->cfg.batch_max || in->batch_bytes >= BATCH_BYTES_MAX ||
+	       in->nbatch + in->ninflight >= 2 * in->cfg.batch_max ||
+	       in->batch_bytes + in->inflight_bytes >= 2 * (size_t)BATCH_BYTES_MAX ||
 	       in->ndead >= in->cfg.batch_max;
 }
 
@@ -253,7 +260,7 @@ static int flush_rows(struct ingest *in)
 		struct ingest_slot *s = in->batch[i];
 		long long inserted = 0;
 		struct auditor_row *one = &s->row;
-		enum store_result r = store_insert(&in->store, &one, 1, &inserted);
+		enum store_result r = store_insert(&in->store, &one, 1, STORE_DUPS_ALL, &inserted);
 		if (r == STORE_RETRY) {
 			rc = -1;
 			break;
@@ -282,14 +289,19 @@ static int flush_rows(struct ingest *in)
 	return rc;
 }
 
-/* Writes the whole batch in one transaction. Returns 0 when the batch is empty after. */
-static int flush(struct ingest *in)
+/* The outcome of writing the whole batch (r from store_insert, or from a write that was
+ * in flight and has been put back in front of it). Returns 0 when the batch is empty. */
+static int settle(struct ingest *in, enum store_result r, long long inserted)
 {
-	if (in->nbatch == 0)
-		return 0;
-	int64_t t0 = mono_us();
-	long long inserted = 0;
-	enum store_result r = store_insert(&in->store, batch_rows(in), in->nbatch, &inserted);
+	if (r == STORE_REJECTED && strncmp(in->store.sqlstate, "23", 2) == 0) {
+		/* An event produced twice (a unique key conflict), or a month whose partition
+		 * went away: once more with every row looked up and the months ensured again. */
+		log_info("batch conflicts with stored events: writing it again with every event "
+			 "looked up",
+			 LS("sqlstate", in->store.sqlstate), LS("error", in->store.why),
+			 LI("events", in->nbatch));
+		r = store_insert(&in->store, batch_rows(in), in->nbatch, STORE_DUPS_ALL, &inserted);
+	}
 	if (r == STORE_REJECTED)
 		return flush_rows(in);
 	if (r == STORE_RETRY) {
@@ -297,7 +309,7 @@ static int flush(struct ingest *in)
 		return -1;
 	}
 	int n = in->nbatch;
-	metric_observe(in->m_batch_seconds, (double)(mono_us() - t0) / 1e6);
+	metric_observe(in->m_batch_seconds, (double)(mono_us() - in->flush_t0) / 1e6);
 	metric_add(in->m_batches, 1);
 	metric_add(in->m_written, (double)inserted);
 	metric_add(in->m_duplicates, (double)(n - inserted));
@@ -309,11 +321,149 @@ static int flush(struct ingest *in)
 	return 0;
 }
 
+static void on_db(evutil_socket_t fd, short what, void *arg);
+static void landed(struct ingest *in, enum store_result r);
+static int flush(struct ingest *in, int wait);
+static void schedule(struct ingest *in);
+
+/* Waits (on the loop) for the socket to be ready for the write in flight. */
+static void arm(struct ingest *in, short want)
+{
+	long long ms = in->cfg.statement_ms + STORE_STALL_SLACK_MS;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+	if (in->db_ev_set)
+		event_del(&in->db_ev);
+	event_assign(&in->db_ev, in->rt->base, store_socket(&in->store), want, on_db, in);
+	in->db_ev_set = 1;
+	if (event_add(&in->db_ev, &tv) != 0) {
+		/* Cannot wait on it: give it up; its rows are retried after a backoff. */
+		store_insert_abort(&in->store, "cannot wait for the database");
+		landed(in, STORE_RETRY);
+		schedule(in);
+	}
+}
+
+/* The write in flight is over. Committed: its offsets may be stored. Otherwise its rows
+ * go back in front of the batch (they precede it in every partition) and the whole is
+ * settled as a synchronous write would be: retried later, or row by row. */
+static void landed(struct ingest *in, enum store_result r)
+{
+	int n = in->ninflight;
+	in->ninflight = 0;
+	if (r == STORE_OK) {
+		long long fresh = in->store.fresh;
+		metric_observe(in->m_batch_seconds, (double)(mono_us() - in->flush_t0) / 1e6);
+		metric_add(in->m_batches, 1);
+		metric_add(in->m_written, (double)fresh);
+		metric_add(in->m_duplicates, (double)(n - fresh));
+		for (int i = 0; i < n; i++) {
+			struct ingest_slot *s = in->inflight[i];
+			in->inflight[i] = NULL;
+			kafka_work_release(&s->work);
+		}
+		in->inflight_bytes = 0;
+		db_ok(in);
+		return;
+	}
+	memmove(in->batch + n, in->batch, (size_t)in->nbatch * sizeof *in->batch);
+	memcpy(in->batch, in->inflight, (size_t)n * sizeof *in->batch);
+	in->nbatch += n;
+	in->batch_bytes += in->inflight_bytes;
+	in->inflight_bytes = 0;
+	in->first_us = in->flush_t0;
+	settle(in, r, 0);
+}
+
+/* Advances the write in flight. */
+static void on_db(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *in = arg;
+	enum store_result r;
+	short want = 0;
+	if (what & EV_TIMEOUT) {
+		store_insert_abort(&in->store, "no answer from the database");
+		r = STORE_RETRY;
+	} else {
+		r = store_insert_step(&in->store, &want);
+	}
+	if (r == STORE_PENDING) {
+		arm(in, want);
+		return;
+	}
+	landed(in, r);
+	if (in->stopping)
+		return;
+	if (in->nbatch && !in->backoff_ms &&
+	    (batch_full(in) || mono_us() >= in->first_us + (int64_t)in->cfg.flush_ms * 1000))
+		flush(in, 0);
+	schedule(in);
+}
+
+/* Finishes the write in flight before the deadline (mono_us), blocking: for shutdown. */
+static void wait_inflight(struct ingest *in, int64_t deadline)
+{
+	if (!in->ninflight)
+		return;
+	if (in->db_ev_set)
+		event_del(&in->db_ev);
+	short want = 0;
+	enum store_result r;
+	while ((r = store_insert_step(&in->store, &want)) == STORE_PENDING) {
+		int64_t left = (deadline - mono_us()) / 1000;
+		struct pollfd p = {
+		    store_socket(&in->store),
+		    (short)((want & EV_READ ? POLLIN : 0) | (want & EV_WRITE ? POLLOUT : 0)), 0};
+		if (left <= 0 || poll(&p, 1, (int)left) == 0) {
+			store_insert_abort(&in->store,
+					   "shutting down: no answer from the database");
+			r = STORE_RETRY;
+			break;
+		}
+	}
+	landed(in, r);
+}
+
+/* Writes the whole batch in one transaction. With wait, before returning; otherwise the
+ * COPY data and the COMMIT are left in flight (on_db finishes them) while the loop goes
+ * on filling the next batch: decoding overlaps PostgreSQL's work. One write is in flight
+ * at a time (the next one needs the chain heads it commits). Returns 0 when the batch is
+ * empty after (written, or in flight). */
+static int flush(struct ingest *in, int wait)
+{
+	if (in->nbatch == 0)
+		return 0;
+	if (in->ninflight)
+		return -1;
+	in->flush_t0 = mono_us();
+	long long inserted = 0;
+	enum store_result r;
+	if (wait) {
+		r = store_insert(&in->store, batch_rows(in), in->nbatch, STORE_DUPS_REDELIVERED,
+				 &inserted);
+		return settle(in, r, inserted);
+	}
+	r = store_insert_start(&in->store, batch_rows(in), in->nbatch, STORE_DUPS_REDELIVERED,
+			       &inserted);
+	if (r != STORE_PENDING)
+		return settle(in, r, inserted);
+	/* The batch becomes the write in flight; the arrays swap, so nothing is copied. */
+	struct ingest_slot **t = in->inflight;
+	in->inflight = in->batch;
+	in->batch = t;
+	in->ninflight = in->nbatch;
+	in->inflight_bytes = in->batch_bytes;
+	in->nbatch = 0;
+	in->batch_bytes = 0;
+	arm(in, EV_READ | EV_WRITE);
+	return 0;
+}
+
 /* The one timer: the flush deadline of a partial batch, the next retry while the
  * database is away, or the idle health check. */
 static void schedule(struct ingest *in)
 {
-	if (in->stopping)
+	/* While a write is in flight, its end (on_db) schedules. */
+	if (in->stopping || in->ninflight)
 		return;
 	int64_t delay_us;
 	if (in->backoff_ms) {
@@ -332,10 +482,10 @@ static void schedule(struct ingest *in)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct ingest *in = arg;
-	if (in->stopping)
+	if (in->stopping || in->ninflight)
 		return;
 	if (in->nbatch) {
-		flush(in);
+		flush(in, 0);
 	} else if (!in->db_up) {
 		if (store_connect(&in->store) == STORE_OK)
 			db_ok(in);
@@ -364,6 +514,17 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 		return;
 	}
 	struct ingest_part *p = part_find(in, msg->partition, 0);
+	if (!(p && p->paused) && batch_full(in) && in->ninflight && !in->backoff_ms) {
+		/* The next batch is ready while the last is still being written: wait for it
+		 * here, as a synchronous write would. That is the backpressure (librdkafka
+		 * keeps prefetching into its bounded queue); handing messages back instead
+		 * would make Kafka send them again. */
+		long long ms = in->cfg.statement_ms + STORE_STALL_SLACK_MS;
+		wait_inflight(in, mono_us() + ms * 1000);
+		if (in->nbatch && !in->backoff_ms)
+			flush(in, 0);
+		schedule(in);
+	}
 	if ((p && p->paused) || batch_full(in)) {
 		handback(in, msg);
 		return;
@@ -385,9 +546,15 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 
 	struct gw_meta meta;
 	const char *reason = NULL;
-	if (wire_decode(msg, 0, &meta, &reason) != 0 ||
-	    auditor_event_map(msg->payload, msg->len, msg->partition, msg->offset, &s->row,
-			      &reason) != 0) {
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int bad = wire_decode(msg, 0, &meta, &reason) != 0 ||
+		  auditor_event_map(msg->payload, msg->len, msg->partition, msg->offset, &s->row,
+				    &reason) != 0;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	metric_add(in->store.stage[STORE_STAGE_DECODE],
+		   (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+	if (bad) {
 		deadletter(in, s, reason);
 		return;
 	}
@@ -397,7 +564,7 @@ static void on_message(void *arg, rd_kafka_message_t *msg)
 		in->first_us = mono_us();
 	if (batch_full(in)) {
 		if (!in->backoff_ms)
-			flush(in);
+			flush(in, 0);
 		schedule(in);
 	} else if (in->nbatch == 1 && !in->backoff_ms) {
 		schedule(in);
@@ -413,7 +580,7 @@ static double gauge_db_up(void *arg)
 
 static double gauge_pending(void *arg)
 {
-	return ((struct ingest *)arg)->nbatch;
+	return ((struct ingest *)arg)->nbatch + ((struct ingest *)arg)->ninflight;
 }
 
 /* Events in gw.audit not yet written: grows while the database is away. */
@@ -443,6 +610,14 @@ static int metrics_init(struct ingest *in)
 				       "Failed database round trips (connect, insert, check)");
 	in->m_batch_seconds = metric_get(METRIC_HISTOGRAM, "gw_auditor_batch_seconds", NULL,
 					 "Time to write and commit one batch");
+	for (int i = 0; i < STORE_NSTAGES; i++) {
+		char labels[48];
+		snprintf(labels, sizeof labels, "stage=\"%s\"", store_stage_names[i]);
+		in->store.stage[i] = metric_get(METRIC_COUNTER, "gw_auditor_write_seconds_total",
+						labels, "Time spent writing events, by stage");
+		if (!in->store.stage[i])
+			return -1;
+	}
 	if (!in->m_written || !in->m_duplicates || !in->m_batches || !in->m_deadletter ||
 	    !in->m_rejected || !in->m_db_failures || !in->m_batch_seconds ||
 	    !metric_gauge_fn("gw_auditor_db_up", NULL, "1 when PostgreSQL is reachable and usable",
@@ -469,10 +644,12 @@ int ingest_init(struct ingest *in, struct runtime *rt, const struct ingest_confi
 	in->store.key = cfg->key;
 	in->store.cp_events = cfg->cp_events;
 	in->store.cp_ms = cfg->cp_ms;
-	in->batch = calloc((size_t)cfg->batch_max, sizeof *in->batch);
-	in->rows = calloc((size_t)cfg->batch_max, sizeof *in->rows);
+	/* Twice the batch: a write in flight that fails goes back in front of the batch. */
+	in->batch = calloc(2 * (size_t)cfg->batch_max, sizeof *in->batch);
+	in->inflight = calloc(2 * (size_t)cfg->batch_max, sizeof *in->inflight);
+	in->rows = calloc(2 * (size_t)cfg->batch_max, sizeof *in->rows);
 	in->timer = evtimer_new(rt->base, on_tick, in);
-	if (!in->batch || !in->rows || !in->timer || metrics_init(in) != 0) {
+	if (!in->batch || !in->inflight || !in->rows || !in->timer || metrics_init(in) != 0) {
 		log_error("out of memory starting the auditor");
 		return -1;
 	}
@@ -493,7 +670,7 @@ int ingest_init(struct ingest *in, struct runtime *rt, const struct ingest_confi
 		return -1;
 	/* Our own bound (batch plus dead letters in flight) must bite first: kafka.c's
 	 * per-partition pause would fight the resume we do after each commit. */
-	int need = 2 * cfg->batch_max + 2;
+	int need = 3 * cfg->batch_max + 2; /* batch + write in flight, dead letters */
 	if (in->consumer.max_inflight_per_partition < need)
 		in->consumer.max_inflight_per_partition = need;
 	const char *topics[] = {GW_TOPIC_AUDIT};
@@ -519,7 +696,8 @@ void ingest_stop(void *arg)
 	log_info("stopping: writing the pending batch", LI("pending", in->nbatch));
 	int64_t deadline = mono_us() + (int64_t)STOP_BUDGET_MS * 1000;
 	int delay = BACKOFF_MIN_MS;
-	while (in->nbatch && flush(in) != 0 && mono_us() + delay * 1000LL < deadline) {
+	wait_inflight(in, deadline);
+	while (in->nbatch && flush(in, 1) != 0 && mono_us() + delay * 1000LL < deadline) {
 		sleep_ms(delay);
 		delay = delay * 2 > 1000 ? 1000 : delay * 2;
 	}
@@ -565,14 +743,19 @@ void ingest_free(struct ingest *in)
 {
 	kafka_producer_close(&in->producer, 0);
 	kafka_consumer_close(&in->consumer);
+	if (in->db_ev_set)
+		event_del(&in->db_ev);
 	for (int i = 0; i < in->nbatch; i++)
 		slot_free(in->batch[i]);
+	for (int i = 0; i < in->ninflight; i++)
+		slot_free(in->inflight[i]);
 	while (in->dead) {
 		struct ingest_slot *s = in->dead;
 		in->dead = s->next;
 		slot_free(s);
 	}
 	free(in->batch);
+	free(in->inflight);
 	free(in->parts);
 	free(in->rows);
 	if (in->timer)

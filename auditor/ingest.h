@@ -9,6 +9,7 @@
 #include "store.h"
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <stdint.h>
 
 struct ingest_slot;
@@ -40,9 +41,17 @@ struct ingest {
 	struct kafka_producer producer; /* dead letters only */
 	struct store store;
 	struct event *timer;        /* owned: the one timer (flush deadline, retry, idle check) */
-	struct ingest_slot **batch; /* owned array of batch_max; listed slots owned here */
+	struct ingest_slot **batch; /* owned array of 2 * batch_max; listed slots owned here */
 	int nbatch;
 	size_t batch_bytes;
+	/* The batch being written (store_insert_start .. on_db): same ownership as batch.
+	 * At most one; the arrays swap when a write starts. */
+	struct ingest_slot **inflight;
+	int ninflight;
+	size_t inflight_bytes;
+	int64_t flush_t0;   /* when the write in flight (or the last one) started */
+	struct event db_ev; /* the write in flight waits on the database socket */
+	int db_ev_set;
 	struct ingest_slot *dead; /* slots whose dead letter awaits its delivery report */
 	int ndead;
 	int64_t first_us;   /* arrival of the oldest batched event */
@@ -52,7 +61,7 @@ struct ingest {
 	int stopping;
 	struct ingest_part *parts; /* owned */
 	int nparts, capparts;
-	struct auditor_row **rows; /* owned array of batch_max; points into batch slots */
+	struct auditor_row **rows; /* owned array of 2 * batch_max; points into batch slots */
 	struct metric *m_written, *m_duplicates, *m_batches, *m_deadletter, *m_rejected,
 	    *m_db_failures, *m_batch_seconds;
 };

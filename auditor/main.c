@@ -8,6 +8,7 @@
 #include "pg.h"
 #include "query.h"
 #include "report.h"
+#include "retention.h"
 #include "runtime.h"
 #include "schema.h"
 #include "verify.h"
@@ -19,16 +20,22 @@
 static void usage(FILE *f)
 {
 	fputs(
-	    "usage: auditor serve | migrate | query | verify | report [flags] | --help\n"
+	    "usage: auditor serve | migrate | query | verify | report | retention [flags] | "
+	    "--help\n"
 	    "  serve    consume gw.audit into audit.audit_events (admin on GW_ADMIN_LISTEN,\n"
 	    "           default 127.0.0.1:9103: /health /ready /metrics)\n"
-	    "  migrate  create or upgrade the audit schema and grant the runtime roles\n"
+	    "  migrate [--to VERSION]  create or upgrade the audit schema and grant the runtime\n"
+	    "           roles (--to: stop at VERSION, no grants; for staged upgrades and tests)\n"
 	    "  query    print stored events; `auditor query --help` for its flags\n"
 	    "  verify   check every hash chain; `auditor verify --help` for its flags\n"
 	    "  report   requests, denials, errors, tokens by principal|model|endpoint|day\n"
+	    "  retention [--dry-run]  drop months past GW_AUDIT_RETENTION_DAYS that a verified\n"
+	    "           backup covers; `auditor retention --help`\n"
 	    "environment:\n"
 	    "  GW_DATABASE_URL[_FILE]        libpq URL of the writer role (serve, query)\n"
-	    "  GW_DATABASE_ADMIN_URL[_FILE]  migrations (migrate; serve migrates first when set)\n"
+	    "  GW_DATABASE_ADMIN_URL[_FILE]  migrations and partitions (migrate, retention; serve\n"
+	    "           migrates first and runs the partition/retention job when set)\n"
+	    "  GW_AUDIT_RETENTION_DAYS (0: keep forever), GW_AUDIT_RETENTION_INTERVAL_S (3600)\n"
 	    "  GW_AUDITOR_ROLE, GW_COMPLIANCE_ROLE  roles granted INSERT+SELECT / SELECT\n"
 	    "  GW_KAFKA_BROKERS, GW_KAFKA_PROPERTIES, GW_AUDITOR_GROUP (auditor),\n"
 	    "  GW_AUDITOR_FETCH_WAIT_MS (50), GW_AUDIT_BATCH (1000), GW_AUDIT_FLUSH_MS (20),\n"
@@ -43,12 +50,12 @@ static void usage(FILE *f)
 }
 
 /* Migrations run with the admin role, never the writer's. */
-static int migrate_with(const char *url)
+static int migrate_with(const char *url, int to_version)
 {
 	PGconn *c = pg_connect(url, "auditor");
 	if (!c)
 		return -1;
-	int rc = schema_migrate(c);
+	int rc = schema_migrate(c, to_version);
 	PQfinish(c);
 	return rc;
 }
@@ -60,9 +67,22 @@ static int admin_url(char **url)
 	return 0;
 }
 
-static int cmd_migrate(void)
+static int cmd_migrate(int argc, char **argv)
 {
 	char *url = NULL;
+	int to = 0;
+	if (argc == 4 && strcmp(argv[2], "--to") == 0) {
+		char *end;
+		long v = strtol(argv[3], &end, 10);
+		if (*argv[3] == 0 || *end || v < 1 || v > 1000) {
+			usage(stderr);
+			return 2;
+		}
+		to = (int)v;
+	} else if (argc != 2) {
+		usage(stderr);
+		return 2;
+	}
 	if (runtime_setup_cli("auditor") != 0 || admin_url(&url) != 0)
 		return 1;
 	if (!url && config_secret("GW_DATABASE_URL", &url, NULL) != 0)
@@ -72,7 +92,7 @@ static int cmd_migrate(void)
 			  "of a role that may create the audit schema");
 		return 1;
 	}
-	int rc = migrate_with(url);
+	int rc = migrate_with(url, to);
 	explicit_bzero(url, strlen(url));
 	free(url);
 	return rc == 0 ? 0 : 1;
@@ -104,6 +124,7 @@ static int cmd_serve(void)
 	static struct ingest in;
 	static struct checkpoint_key key;
 	static struct api api;
+	static struct retention_janitor janitor;
 	struct ingest_config cfg;
 	char *url = NULL, *admin = NULL;
 	int rc = 1;
@@ -132,14 +153,23 @@ static int cmd_serve(void)
 		goto out;
 	}
 	if (admin) {
-		int m = migrate_with(admin);
-		explicit_bzero(admin, strlen(admin));
-		free(admin);
-		admin = NULL;
-		if (m != 0) {
+		if (migrate_with(admin, 0) != 0) {
 			log_error("cannot migrate the audit schema with GW_DATABASE_ADMIN_URL");
 			goto out;
 		}
+		/* Partitions ahead and retention need the owner: the janitor keeps the URL. */
+		int j = retention_janitor_start(&janitor, &rt, admin);
+		admin = NULL;
+		if (j != 0)
+			goto out;
+	} else {
+		long long days = 0;
+		if (retention_days_config(&days) != 0)
+			goto out;
+		if (days > 0)
+			log_warn("GW_AUDIT_RETENTION_DAYS is set but GW_DATABASE_ADMIN_URL is not: "
+				 "serve cannot drop partitions; run `auditor retention` with the "
+				 "admin URL (cron)");
 	}
 	if (ingest_init(&in, &rt, &cfg, url) != 0) {
 		url = NULL; /* owned by the store now */
@@ -152,6 +182,7 @@ static int cmd_serve(void)
 	if (runtime_run(&rt) == 0)
 		rc = 0;
 out:
+	retention_janitor_free(&janitor);
 	ingest_free(&in);
 	api_free(&api);
 	checkpoint_key_free(&key);
@@ -185,8 +216,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "serve") == 0 && argc == 2)
 		return cmd_serve();
-	if (strcmp(cmd, "migrate") == 0 && argc == 2)
-		return cmd_migrate();
+	if (strcmp(cmd, "migrate") == 0)
+		return cmd_migrate(argc, argv);
 	if (strcmp(cmd, "query") == 0) {
 		for (int i = 2; i < argc; i++)
 			if (strcmp(argv[i], "--help") == 0)
@@ -210,6 +241,14 @@ int main(int argc, char **argv)
 		if (runtime_setup_cli("auditor") != 0)
 			return 3;
 		return verify_main(argc - 1, argv + 1);
+	}
+	if (strcmp(cmd, "retention") == 0) {
+		for (int i = 2; i < argc; i++)
+			if (strcmp(argv[i], "--help") == 0)
+				return retention_main(argc - 1, argv + 1);
+		if (runtime_setup_cli("auditor") != 0)
+			return 1;
+		return retention_main(argc - 1, argv + 1);
 	}
 	usage(stderr);
 	return 2;

@@ -1,11 +1,11 @@
-/* `auditor query`. The SQL is fixed text with placeholders; every user value travels as
- * a parameter (PQexecParams). Results are bounded by --limit, so holding them in one
- * PGresult is fine. Output never passes control characters to a terminal except in
- * JSON, where they are escaped. */
+/* `auditor query`. The SQL is fixed text with placeholders built by filter.c; every
+ * user value travels as a parameter (PQexecParams). Results are bounded by --limit, so
+ * holding them in one PGresult is fine. Output never passes control characters to a
+ * terminal except in JSON, where they are escaped. */
 #include "query.h"
+#include "filter.h"
 #include "log.h"
 #include "pg.h"
-#include "timearg.h"
 #include "wire.h"
 
 #include <getopt.h>
@@ -39,7 +39,7 @@ static const char select_sql[] =
     "endpoint, outcome, status, reason, prompt_tokens, completion_tokens, total_tokens, "
     "latency_us, ttft_us, body_sha256, body_size, resp_sha256, resp_size, kafka_partition, "
     "kafka_offset, to_char(inserted_at AT TIME ZONE 'UTC', " UTC_FORMAT "), event::text "
-    "FROM audit.audit_events WHERE true";
+    "FROM audit.audit_events";
 
 /* The table shows the AU-3 essentials; CSV and JSON lines carry everything. */
 static const int table_cols[] = {1, 2, 3, 7, 13, 14, 11, 4};
@@ -52,7 +52,8 @@ static void usage(FILE *f)
 	      "  Prints stored audit events ordered by event time. At least one filter is\n"
 	      "  required; filters combine with AND.\n"
 	      "  T: RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01) or an age: 30s, 15m, 24h, 7d, 2w.\n"
-	      "  --since is inclusive, --until exclusive. --limit defaults to 1000 (max 100000).\n"
+	      "  --since is inclusive, --until exclusive (and later than --since).\n"
+	      "  --limit defaults to 1000 (max 100000).\n"
 	      "  jsonl (default) prints each original event as one JSON line.\n"
 	      "  Connects with GW_DATABASE_URL (or GW_DATABASE_URL_FILE).\n"
 	      "  Exit 0 also when nothing matches, 1 on a database error, 2 on bad flags.\n",
@@ -149,51 +150,40 @@ int query_main(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *request_id = NULL, *principal = NULL, *since = NULL, *until = NULL;
-	/* Equality filters on indexed or typed columns, in the order they are bound. */
-	const char *model = NULL, *endpoint = NULL, *outcome = NULL, *event_type = NULL;
-	long long limit = LIMIT_DEFAULT;
+	struct filter f;
 	enum format format = FORMAT_JSONL;
-	int64_t now = wire_now_us(), since_us = 0, until_us = 0;
-	int c;
+	int64_t now = wire_now_us();
+	char why[200];
+	int c, idx = 0;
 
+	filter_init(&f, LIMIT_DEFAULT, LIMIT_MAX, FILTER_NEED_ANY);
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		char *end;
+	while ((c = getopt_long(argc, argv, "", opts, &idx)) != -1) {
 		switch (c) {
 		case 'r':
-			request_id = optarg;
-			if (!wire_id_valid(request_id)) {
-				fprintf(stderr, "auditor query: --request-id must be 32 lowercase "
-						"hex digits\n");
-				return 2;
-			}
-			break;
-		case 'p': principal = optarg; break;
-		case 'm': model = optarg; break;
-		case 'e': endpoint = optarg; break;
-		case 'o': outcome = optarg; break;
-		case 't': event_type = optarg; break;
+		case 'p':
+		case 'm':
+		case 'e':
+		case 'o':
+		case 't':
 		case 's':
 		case 'u':
-			if (timearg_parse(optarg, now, c == 's' ? &since_us : &until_us) != 0) {
-				fprintf(stderr,
-					"auditor query: --%s: not RFC 3339 or an age like 15m, "
-					"24h, 7d: %s\n",
-					c == 's' ? "since" : "until", optarg);
-				return 2;
-			}
-			*(c == 's' ? &since : &until) = optarg;
-			break;
-		case 'l':
-			limit = strtoll(optarg, &end, 10);
-			if (*end || end == optarg || limit < 1 || limit > LIMIT_MAX) {
-				fprintf(stderr, "auditor query: --limit must be 1..%d\n",
-					LIMIT_MAX);
+		case 'l': {
+			/* The filter's name is the flag's with '_' for '-'. */
+			char name[32];
+			snprintf(name, sizeof name, "%s", opts[idx].name);
+			for (char *d = strchr(name, '-'); d; d = strchr(d, '-'))
+				*d = '_';
+			if (filter_set(&f, name, optarg, now, why, sizeof why) != 0) {
+				/* why starts with the filter's name: say it as the flag. */
+				for (char *d = why; *d && *d != ' ' && *d != ':'; d++)
+					*d = *d == '_' ? '-' : *d;
+				fprintf(stderr, "auditor query: --%s\n", why);
 				return 2;
 			}
 			break;
+		}
 		case 'f':
 			if (strcmp(optarg, "jsonl") == 0)
 				format = FORMAT_JSONL;
@@ -211,61 +201,21 @@ int query_main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (optind < argc || (!request_id && !principal && !since && !until && !model &&
-			      !endpoint && !outcome && !event_type)) {
+	struct filter_sql q;
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (filter_build(&f, select_sql, &q, why, sizeof why) != 0) {
+		fprintf(stderr, "auditor query: %s\n", why);
 		usage(stderr);
 		return 2;
 	}
 
-	char sql[sizeof select_sql + 1024];
-	const char *params[9];
-	char since_s[24], until_s[24], limit_s[24];
-	int np = 0;
-	size_t len = (size_t)snprintf(sql, sizeof sql, "%s", select_sql);
-	if (request_id) {
-		params[np++] = request_id;
-		len += (size_t)snprintf(sql + len, sizeof sql - len, " AND request_id = $%d", np);
-	}
-	if (principal) {
-		params[np++] = principal;
-		len += (size_t)snprintf(sql + len, sizeof sql - len, " AND principal = $%d", np);
-	}
-	const char *eq[][2] = {{"model", model},
-			       {"endpoint", endpoint},
-			       {"outcome", outcome},
-			       {"event_type", event_type}};
-	for (size_t i = 0; i < sizeof eq / sizeof eq[0]; i++) {
-		if (!eq[i][1])
-			continue;
-		params[np++] = eq[i][1];
-		len += (size_t)snprintf(sql + len, sizeof sql - len, " AND %s = $%d", eq[i][0], np);
-	}
-	/* Microseconds since the epoch keep the bound exact (no float conversion). */
-	if (since) {
-		snprintf(since_s, sizeof since_s, "%lld", (long long)since_us);
-		params[np++] = since_s;
-		len += (size_t)snprintf(sql + len, sizeof sql - len,
-					" AND event_time >= timestamptz 'epoch' + $%d::bigint * "
-					"interval '1 microsecond'",
-					np);
-	}
-	if (until) {
-		snprintf(until_s, sizeof until_s, "%lld", (long long)until_us);
-		params[np++] = until_s;
-		len += (size_t)snprintf(sql + len, sizeof sql - len,
-					" AND event_time < timestamptz 'epoch' + $%d::bigint * "
-					"interval '1 microsecond'",
-					np);
-	}
-	snprintf(limit_s, sizeof limit_s, "%lld", limit);
-	params[np++] = limit_s;
-	snprintf(sql + len, sizeof sql - len, " ORDER BY event_time, event_id LIMIT $%d::bigint",
-		 np);
-
 	PGconn *conn = pg_connect(NULL, "auditor");
 	if (!conn)
 		return 1;
-	PGresult *r = PQexecParams(conn, sql, np, NULL, params, NULL, NULL, 0);
+	PGresult *r = PQexecParams(conn, q.sql, q.nparams, NULL, q.params, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
 		log_error("audit query failed", LS("error", PQresultErrorMessage(r)));
 		PQclear(r);

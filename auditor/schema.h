@@ -6,11 +6,12 @@
 #include <libpq-fe.h>
 
 /* The schema version this binary reads and writes. */
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 5
 
-/* Checks that the roles exist, applies pending migrations and the grants. Role names
- * come from GW_AUDITOR_ROLE and GW_COMPLIANCE_ROLE. Returns 0 or -1 (logged, saying
- * what to fix). c must be connected as a role that may create schemas and grant. */
-int schema_migrate(PGconn *c);
+/* Checks that the roles exist, applies pending migrations (up to to_version when it is
+ * positive: tests and staged upgrades; 0 = all) and, at the latest version, the grants.
+ * Role names come from GW_AUDITOR_ROLE and GW_COMPLIANCE_ROLE. Returns 0 or -1 (logged,
+ * saying what to fix). c must be connected as a role that may create schemas and grant. */
+int schema_migrate(PGconn *c, int to_version);
 
 #endif

@@ -10,7 +10,6 @@
 #include "config.h"
 #include "log.h"
 #include "pg.h"
-#include "schema.h"
 #include "timearg.h"
 
 #include <getopt.h>
@@ -19,10 +18,12 @@
 #include <string.h>
 #include <time.h>
 
-#define FETCH_ROWS    5000
-#define FINDINGS_MAX  10000
-#define LOOKUPS_MAX   2000
-#define INBETWEEN_MAX 100
+#define FETCH_ROWS        5000
+#define FINDINGS_MAX      10000
+#define LOOKUPS_MAX       2000
+#define INBETWEEN_MAX     100
+#define VERIFY_SCHEMA_MIN 3 /* chains and checkpoints */
+#define CUTS_SCHEMA       5 /* audit.retention_cuts */
 
 /* The columns auditor_event_map fills, read back as the text it wrote: the same order
  * as AUDITOR_EVENT_COLUMNS, event_time in its RFC 3339 form, event verbatim (json). */
@@ -59,6 +60,7 @@ struct verify {
 	long long rows;
 	struct checkpoint_key key; /* owned; pkey NULL when no key was given */
 	long long checkpoints, unsigned_checked;
+	int has_cuts; /* schema 5+: retention cut records exist */
 };
 
 static void add(struct verify *v, enum kind k, int32_t chain, long long seq, long long seq_end,
@@ -227,8 +229,11 @@ static int int_arg(PGresult *r, int row, int col, long long *out)
 	return *s && !*end ? 0 : -1;
 }
 
-/* Walks one chain from seq `from` (1, or the row before --since). */
-static int walk(struct verify *v, int32_t chain, long long from, long long *last)
+/* Walks one chain from seq `from` (1, or the row before --since). With anchor_hash the
+ * chain continues from a retention cut: the row before `from` is gone and anchor_hash
+ * is the hash it had. */
+static int walk(struct verify *v, int32_t chain, long long from, const char *anchor_hash,
+		long long *last)
 {
 	char sql[1024];
 	snprintf(sql, sizeof sql,
@@ -242,8 +247,10 @@ static int walk(struct verify *v, int32_t chain, long long from, long long *last
 	static const unsigned char zero[CHAIN_HASH_LEN];
 	long long q_seq = from - 1; /* the row before: genesis when from is 1 */
 	char q_hash[CHAIN_HEX_LEN + 1];
-	int have_q = from == 1;
+	int have_q = from == 1 || anchor_hash;
 	chain_hex(zero, q_hash);
+	if (anchor_hash)
+		snprintf(q_hash, sizeof q_hash, "%s", anchor_hash);
 	char scratch_id[33];
 	for (;;) {
 		r = exec(v,
@@ -303,7 +310,8 @@ static int walk(struct verify *v, int32_t chain, long long from, long long *last
 /* Each checkpoint of chain at or after seq from: its signature, and that the row it
  * covers is still there with the hash it signed. A checkpoint beyond the chain's last
  * row names the cut tail as deleted. */
-static int checkpoints(struct verify *v, int32_t chain, long long from, long long last)
+static int checkpoints(struct verify *v, int32_t chain, long long from, long long last,
+		       long long cut, const char *cut_hash)
 {
 	char c[16], f[24];
 	snprintf(c, sizeof c, "%d", (int)chain);
@@ -333,7 +341,11 @@ static int checkpoints(struct verify *v, int32_t chain, long long from, long lon
 		} else {
 			v->unsigned_checked++;
 		}
-		if (PQgetisnull(r, i, 4)) {
+		if (seq <= cut) {
+			/* Dropped by retention; the cut's recorded hash must be what was signed. */
+			if (seq == cut && strcmp(hash, cut_hash) != 0)
+				add(v, ALTERED, chain, seq, seq, NULL);
+		} else if (PQgetisnull(r, i, 4)) {
 			if (seq > last)
 				cut_to = seq; /* rows last+1 .. seq are gone */
 			/* inside the chain, the walk reported the gap already */
@@ -351,7 +363,7 @@ static int checkpoints(struct verify *v, int32_t chain, long long from, long lon
 }
 
 /* Rows outside every chain: those written before migration 2 are counted in
- * audit.chain_start; any more were put there afterwards. */
+ * audit.chain_start (less those retention dropped); any more were put there afterwards. */
 static int unchained(struct verify *v)
 {
 	PGresult *r = exec(v,
@@ -361,7 +373,11 @@ static int unchained(struct verify *v)
 	if (!r)
 		return -1;
 	PGresult *s =
-	    exec(v, "SELECT unchained_rows FROM audit.chain_start", 0, NULL, PGRES_TUPLES_OK);
+	    exec(v,
+		 v->has_cuts ? "SELECT unchained_rows - (SELECT coalesce(sum(unchained_rows), "
+			       "0) FROM audit.retention_cuts) FROM audit.chain_start"
+			     : "SELECT unchained_rows FROM audit.chain_start",
+		 0, NULL, PGRES_TUPLES_OK);
 	if (!s) {
 		PQclear(r);
 		return -1;
@@ -381,6 +397,54 @@ static int unchained(struct verify *v)
 		add(v, DELETED, -1, before - now, before - now, NULL);
 	PQclear(r);
 	PQclear(s);
+	return 0;
+}
+
+/* Where retention cut the chain: the last seq dropped and its hash (cut = 0: never). */
+static int retention_cut(struct verify *v, int32_t chain, long long *cut, char *hash)
+{
+	*cut = 0;
+	hash[0] = 0;
+	if (!v->has_cuts)
+		return 0;
+	char c[16];
+	snprintf(c, sizeof c, "%d", (int)chain);
+	const char *params[] = {c};
+	PGresult *r = exec(v,
+			   "SELECT last_seq, last_hash FROM audit.retention_chain_cuts WHERE "
+			   "chain_id = $1 ORDER BY last_seq DESC LIMIT 1",
+			   1, params, PGRES_TUPLES_OK);
+	if (!r)
+		return -1;
+	*cut = 0;
+	hash[0] = 0;
+	if (PQntuples(r) == 1) {
+		int_arg(r, 0, 0, cut);
+		snprintf(hash, CHAIN_HEX_LEN + 1, "%s", PQgetvalue(r, 0, 1));
+	}
+	PQclear(r);
+	return 0;
+}
+
+/* Rows at or below a retention cut: the cut says none remain, so each was put back. */
+static int below_cut(struct verify *v, int32_t chain, long long cut)
+{
+	char c[16], s[24];
+	snprintf(c, sizeof c, "%d", (int)chain);
+	snprintf(s, sizeof s, "%lld", cut);
+	const char *params[] = {c, s};
+	PGresult *r = exec(v,
+			   "SELECT seq, event_id FROM audit.audit_events WHERE chain_id = $1 AND "
+			   "seq <= $2 ORDER BY seq LIMIT 100",
+			   2, params, PGRES_TUPLES_OK);
+	if (!r)
+		return -1;
+	for (int i = 0; i < PQntuples(r); i++) {
+		long long seq = 0;
+		int_arg(r, i, 0, &seq);
+		add(v, INSERTED, chain, seq, seq, PQgetvalue(r, i, 1));
+	}
+	PQclear(r);
 	return 0;
 }
 
@@ -406,31 +470,41 @@ static int64_t now_us(void)
 static int run(struct verify *v, const char *since, int64_t since_us)
 {
 	int version = pg_schema_version(v->conn, "audit");
-	if (version < SCHEMA_VERSION) {
+	/* Chains and checkpoints arrived in 3; a restored backup from before partitions
+	 * or retention still verifies. */
+	if (version < VERIFY_SCHEMA_MIN) {
 		log_error("audit schema too old to verify: run `auditor migrate`",
-			  LI("have", version), LI("need", SCHEMA_VERSION));
+			  LI("have", version), LI("need", VERIFY_SCHEMA_MIN));
 		return -1;
 	}
+	v->has_cuts = version >= CUTS_SCHEMA;
 	PGresult *r =
 	    exec(v, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, PGRES_COMMAND_OK);
 	if (!r)
 		return -1;
 	PQclear(r);
 	/* Distinct chains by skipping along the (chain_id, seq) index, not a full scan;
-	 * plus any chain only a checkpoint still remembers (all its rows deleted). */
-	PGresult *chains = exec(
-	    v,
-	    "WITH RECURSIVE c AS (SELECT min(chain_id) AS id FROM audit.audit_events UNION ALL "
-	    "SELECT (SELECT min(chain_id) FROM audit.audit_events WHERE chain_id > c.id) FROM c "
-	    "WHERE c.id IS NOT NULL) SELECT id FROM c WHERE id IS NOT NULL UNION "
-	    "SELECT DISTINCT chain_id FROM audit.checkpoints ORDER BY 1",
-	    0, NULL, PGRES_TUPLES_OK);
+	 * plus any chain only a checkpoint or a retention cut still remembers. */
+	char chains_sql[600];
+	snprintf(chains_sql, sizeof chains_sql, "%s%s ORDER BY 1",
+		 "WITH RECURSIVE c AS (SELECT min(chain_id) AS id FROM audit.audit_events UNION "
+		 "ALL SELECT (SELECT min(chain_id) FROM audit.audit_events WHERE chain_id > c.id) "
+		 "FROM c WHERE c.id IS NOT NULL) SELECT id FROM c WHERE id IS NOT NULL UNION "
+		 "SELECT DISTINCT chain_id FROM audit.checkpoints",
+		 v->has_cuts ? " UNION SELECT DISTINCT chain_id FROM audit.retention_chain_cuts"
+			     : "");
+	PGresult *chains = exec(v, chains_sql, 0, NULL, PGRES_TUPLES_OK);
 	if (!chains)
 		return -1;
 	int rc = 0;
 	for (int i = 0; i < PQntuples(chains) && rc == 0; i++) {
-		long long chain = 0, from = 1;
+		long long chain = 0, from = 1, cut = 0;
+		char cut_hash[CHAIN_HEX_LEN + 1] = "";
 		int_arg(chains, i, 0, &chain);
+		if (retention_cut(v, (int32_t)chain, &cut, cut_hash) != 0) {
+			rc = -1;
+			break;
+		}
 		if (since) {
 			char c[16], t[24];
 			snprintf(c, sizeof c, "%lld", chain);
@@ -455,9 +529,17 @@ static int run(struct verify *v, const char *since, int64_t since_us)
 				from--;
 		}
 		long long last = 0;
-		rc = walk(v, (int32_t)chain, from, &last);
+		const char *anchor = NULL;
+		if (cut > 0 && from <= cut + 1) {
+			from = cut + 1;
+			anchor = cut_hash;
+		}
+		rc = walk(v, (int32_t)chain, from, anchor, &last);
+		if (rc == 0 && cut > 0 && !since)
+			rc = below_cut(v, (int32_t)chain, cut);
 		if (rc == 0)
-			rc = checkpoints(v, (int32_t)chain, from, last);
+			rc = checkpoints(v, (int32_t)chain, anchor ? cut : from, last, cut,
+					 cut_hash);
 	}
 	PQclear(chains);
 	if (rc == 0 && !since)

@@ -225,8 +225,8 @@ static int vchild_out(void *arg, const void *buf, size_t n)
 static void verify_audit(struct agent *a, int ok, const char *error, json_t *res)
 {
 	json_t *extra = json_pack("{s:s,s:s}", "snapshot_id", a->verify_id, "trigger", "serve");
-	const char *keys[] = {"chain",           "chain_checked", "scratch_database",
-			      "scratch_dropped", "duration_ms",   "plain_size"};
+	const char *keys[] = {"chain",       "chain_checked", "scratch_database", "scratch_dropped",
+			      "duration_ms", "plain_size",    "audit_heads"};
 	for (size_t i = 0; extra && res && i < sizeof keys / sizeof keys[0]; i++) {
 		json_t *v = json_object_get(res, keys[i]);
 		if (v)

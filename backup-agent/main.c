@@ -349,6 +349,29 @@ static json_t *result_json(const char *id, const struct restore_result *r)
 	return o;
 }
 
+/* A verified snapshot's chain heads (the manifest's, which verify just compared with the
+ * restored copy) go into the result and the backup.verify event: the auditor's retention
+ * drops a month only when a verified backup's heads cover every row of it. */
+static void add_audit_heads(struct store *st, const char *id, json_t *o)
+{
+	struct manifest *m = malloc(sizeof *m);
+	char why[256];
+	json_error_t jerr;
+	if (!m || store_read_manifest(st, id, m, why, sizeof why) != 0) {
+		log_warn("verified, but the manifest cannot be read again for its audit heads",
+			 LS("snapshot_id", id), LS("error", m ? why : "out of memory"));
+		free(m);
+		return;
+	}
+	json_t *audit = m->audit[0] ? json_loads(m->audit, 0, &jerr) : NULL;
+	json_t *heads = json_object_get(audit, "heads");
+	const char *source = json_string_value(json_object_get(audit, "source"));
+	if (json_is_array(heads) && source && strcmp(source, "chain") == 0)
+		json_object_set(o, "audit_heads", heads);
+	json_decref(audit);
+	free(m);
+}
+
 /* The audit event for a verify or restore from the command line. */
 static int cli_audit_result(struct cli *c, const char *type, const char *id,
 			    const struct restore_result *r, json_t *extra)
@@ -402,6 +425,8 @@ static int cmd_verify(int argc, char **argv)
 		log_error("out of memory", LS("snapshot_id", id));
 		goto out;
 	}
+	if (r.ok)
+		add_audit_heads(&st, id, o);
 	if (strcmp(format, "json") == 0) {
 		char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		if (s)

@@ -66,6 +66,64 @@ static int read_some(int fd, unsigned char *buf, size_t cap, ssize_t *got)
 	return *got < 0 ? -1 : 0;
 }
 
+/* Receives each chunk of a dump in order; returns -1 with why to stop the read. */
+typedef int (*chunk_fn)(void *arg, const unsigned char *buf, size_t n, char *why, size_t whycap);
+
+/* Reads the open dump fd (the caller's) to its end in READ_CHUNK pieces, handing each
+ * to fn; stops at restore_stop. The one read loop of the checksum and decrypt passes.
+ * Returns 0 at end of file, -1 with why. */
+static int read_chunks(int fd, chunk_fn fn, void *arg, char *why, size_t whycap)
+{
+	unsigned char *buf = malloc(READ_CHUNK);
+	int rc = -1;
+	if (!buf) {
+		snprintf(why, whycap, "out of memory");
+		return -1;
+	}
+	for (;;) {
+		ssize_t got;
+		if (restore_stop) {
+			snprintf(why, whycap, "interrupted");
+			break;
+		}
+		if (read_some(fd, buf, READ_CHUNK, &got) != 0) {
+			snprintf(why, whycap, "cannot read its dump: %s", strerror(errno));
+			break;
+		}
+		if (got == 0) {
+			rc = 0;
+			break;
+		}
+		if (fn(arg, buf, (size_t)got, why, whycap) != 0)
+			break;
+	}
+	free(buf);
+	return rc;
+}
+
+/* The checksum pass: SHA-256 of the whole file and its first bytes (the encryption
+ * header, to compare key ids). */
+struct check_pass {
+	EVP_MD_CTX *md;
+	unsigned char hdr[CRYPT_HEADER_LEN];
+	size_t hdr_len;
+};
+
+static int check_chunk(void *arg, const unsigned char *buf, size_t n, char *why, size_t whycap)
+{
+	struct check_pass *cp = arg;
+	if (cp->hdr_len < sizeof cp->hdr) {
+		size_t take = sizeof cp->hdr - cp->hdr_len < n ? sizeof cp->hdr - cp->hdr_len : n;
+		memcpy(cp->hdr + cp->hdr_len, buf, take);
+		cp->hdr_len += take;
+	}
+	if (EVP_DigestUpdate(cp->md, buf, n) != 1) {
+		snprintf(why, whycap, "SHA-256 failed");
+		return -1;
+	}
+	return 0;
+}
+
 int restore_check(struct store *st, const char *id, const struct crypt_key *key, struct manifest *m,
 		  struct restore_result *r)
 {
@@ -96,42 +154,20 @@ int restore_check(struct store *st, const char *id, const struct crypt_key *key,
 		close(fd);
 		return -1;
 	}
-	unsigned char *buf = malloc(READ_CHUNK);
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	unsigned char hdr[CRYPT_HEADER_LEN];
-	size_t hdr_len = 0;
+	struct check_pass cp = {.md = EVP_MD_CTX_new(), .hdr_len = 0};
 	int rc = -1;
-	if (!buf || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+	if (!cp.md || EVP_DigestInit_ex(cp.md, EVP_sha256(), NULL) != 1) {
 		rfail(r, id, "out of memory");
 		goto out;
 	}
-	for (;;) {
-		ssize_t got;
-		if (restore_stop) {
-			rfail(r, id, "interrupted");
-			goto out;
-		}
-		if (read_some(fd, buf, READ_CHUNK, &got) != 0) {
-			rfail(r, id, "cannot read its dump: %s", strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break;
-		if (hdr_len < sizeof hdr) {
-			size_t take =
-			    sizeof hdr - hdr_len < (size_t)got ? sizeof hdr - hdr_len : (size_t)got;
-			memcpy(hdr + hdr_len, buf, take);
-			hdr_len += take;
-		}
-		if (EVP_DigestUpdate(md, buf, (size_t)got) != 1) {
-			rfail(r, id, "SHA-256 failed");
-			goto out;
-		}
+	if (read_chunks(fd, check_chunk, &cp, why, sizeof why) != 0) {
+		rfail(r, id, "%s", why);
+		goto out;
 	}
 	unsigned char dg[EVP_MAX_MD_SIZE];
 	unsigned int dlen = 0;
 	char hex[MANIFEST_SHA256_HEX + 1];
-	if (EVP_DigestFinal_ex(md, dg, &dlen) != 1 || dlen != 32) {
+	if (EVP_DigestFinal_ex(cp.md, dg, &dlen) != 1 || dlen != 32) {
 		rfail(r, id, "SHA-256 failed");
 		goto out;
 	}
@@ -150,7 +186,8 @@ int restore_check(struct store *st, const char *id, const struct crypt_key *key,
 			      m->encryption);
 			goto out;
 		}
-		if (crypt_header_key_id(hdr, hdr_len, kid) != 0 || strcmp(kid, m->key_id) != 0) {
+		if (crypt_header_key_id(cp.hdr, cp.hdr_len, kid) != 0 ||
+		    strcmp(kid, m->key_id) != 0) {
 			rfail(r, id, "the file's encryption header does not match its manifest");
 			goto out;
 		}
@@ -171,8 +208,7 @@ int restore_check(struct store *st, const char *id, const struct crypt_key *key,
 	}
 	rc = 0;
 out:
-	free(buf);
-	EVP_MD_CTX_free(md);
+	EVP_MD_CTX_free(cp.md);
 	close(fd);
 	return rc;
 }
@@ -197,6 +233,29 @@ static int fd_sink(void *arg, const void *buf, size_t n)
 	return 0;
 }
 
+/* The decrypt pass: each chunk through the decrypting reader (or straight to the sink
+ * for an unencrypted snapshot). */
+struct stream_pass {
+	const struct manifest *m;
+	struct crypt_reader cr;
+	int *out_fd;
+	long long plain; /* unencrypted: bytes passed on */
+};
+
+static int stream_chunk(void *arg, const unsigned char *buf, size_t n, char *why, size_t whycap)
+{
+	struct stream_pass *sp = arg;
+	if (sp->m->encrypted ? crypt_reader_update(&sp->cr, buf, n) != 0
+			     : fd_sink(sp->out_fd, buf, n) != 0) {
+		snprintf(why, whycap, "%s",
+			 sp->m->encrypted ? sp->cr.error : "cannot pass on the data");
+		return -1;
+	}
+	if (!sp->m->encrypted)
+		sp->plain += (long long)n;
+	return 0;
+}
+
 /* Decrypts the snapshot file into out_fd (-1: only authenticate it). -1 with why. */
 static int stream(struct store *st, const char *id, const struct manifest *m,
 		  const struct crypt_key *key, int out_fd, long long *plain, char *why,
@@ -207,46 +266,20 @@ static int stream(struct store *st, const char *id, const struct manifest *m,
 		snprintf(why, whycap, "cannot open its dump: %s", strerror(errno));
 		return -1;
 	}
-	struct crypt_reader cr;
-	crypt_reader_init(&cr, key, fd_sink, &out_fd);
-	unsigned char *buf = malloc(READ_CHUNK);
+	struct stream_pass sp = {.m = m, .out_fd = &out_fd, .plain = 0};
+	crypt_reader_init(&sp.cr, key, fd_sink, &out_fd);
 	int rc = -1;
 	*plain = 0;
-	if (!buf) {
-		snprintf(why, whycap, "out of memory");
+	if (read_chunks(fd, stream_chunk, &sp, why, whycap) != 0)
+		goto out;
+	if (m->encrypted && crypt_reader_finish(&sp.cr) != 0) {
+		snprintf(why, whycap, "%s", sp.cr.error);
 		goto out;
 	}
-	for (;;) {
-		ssize_t got;
-		if (restore_stop) {
-			snprintf(why, whycap, "interrupted");
-			goto out;
-		}
-		if (read_some(fd, buf, READ_CHUNK, &got) != 0) {
-			snprintf(why, whycap, "cannot read its dump: %s", strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break;
-		if (m->encrypted ? crypt_reader_update(&cr, buf, (size_t)got) != 0
-				 : fd_sink(&out_fd, buf, (size_t)got) != 0) {
-			snprintf(why, whycap, "%s",
-				 m->encrypted ? cr.error : "cannot pass on the data");
-			goto out;
-		}
-		if (!m->encrypted)
-			*plain += got;
-	}
-	if (m->encrypted && crypt_reader_finish(&cr) != 0) {
-		snprintf(why, whycap, "%s", cr.error);
-		goto out;
-	}
-	if (m->encrypted)
-		*plain = cr.plain_size;
+	*plain = m->encrypted ? sp.cr.plain_size : sp.plain;
 	rc = 0;
 out:
-	crypt_reader_free(&cr);
-	free(buf);
+	crypt_reader_free(&sp.cr);
 	close(fd);
 	return rc;
 }

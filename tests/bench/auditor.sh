@@ -3,9 +3,12 @@
 # then `auditor serve` drains them into a private PostgreSQL cluster (default settings,
 # fsync on). gw.audit gets 64 partitions here because the mock broker keeps only the
 # newest 5 MB of each partition. Prints events/s measured in the database itself
-# (first to last batch's inserted_at) and per batch while writing, and how long the
-# admin listener takes to answer during the drain.
-# Usage: tests/bench/auditor.sh BUILD_DIR [N]
+# (first to last batch's inserted_at) and per batch while writing, how long the admin
+# listener takes to answer during the drain, and where the time went (by stage). Then,
+# as the baseline of the same run, the same rows are written again by psql alone: one
+# `\copy` per GW_AUDIT_BATCH rows, each its own transaction, into the emptied table
+# (what PostgreSQL itself manages here, without Kafka, JSON or hashing).
+# Usage: tests/bench/auditor.sh BUILD_DIR [N]   (BENCH_AUDIT_BATCH: GW_AUDIT_BATCH, 1000)
 set -u
 BUILD=$(cd "${1:?usage: auditor.sh BUILD_DIR [N]}" && pwd) || exit 2
 N=${2:-200000}
@@ -23,7 +26,7 @@ chmod 755 "$TMP"
 PGDIR=$TMP/pg
 PGDATA=$PGDIR/data
 PORT=5432
-APORT=$((20000 + RANDOM % 20000))
+APORT=$((10000 + RANDOM % 22000))
 BROKER_PID=
 AUDITOR_PID=
 if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
@@ -39,7 +42,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 die() { echo "bench: $*" >&2; exit 1; }
 sql() { psql -X -q -At -h "$PGDIR" -p "$PORT" -U postgres -d gateway -c "$1"; }
-metric() { curl -s "http://127.0.0.1:$APORT/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+metric() { awk -v n="$1" '$1 == n { print $2 }' "$TMP/metrics"; }
 
 mkdir -p "$PGDIR"
 [ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
@@ -76,7 +79,7 @@ awk -v n="$N" -v now="$(date +%s%6N)" 'BEGIN {
 		printf "\"body_sha256\":\"%s\",\"body_size\":%d,\"resp_sha256\":\"%s\",\"resp_size\":%d}\n", sha, 500 + i % 4000, sha, 800 + i % 9000
 	}
 }' >"$TMP/events"
-echo "bench: $N events, $(($(wc -c <"$TMP/events") / N)) bytes each on average"
+echo "bench: $N events, $(($(wc -c <"$TMP/events") / N)) bytes each on average; load: $(uptime | sed 's/.*load/load/')"
 
 t_prod=$(date +%s.%N)
 GW_KAFKA_BROKERS=$BROKERS "$PRODUCE" gw.audit <"$TMP/events" 2>/dev/null || die "produce failed"
@@ -91,8 +94,10 @@ for _ in $(seq 600); do [ "$(sql "SELECT count(*) > 0 FROM audit.audit_events")"
 scrape=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$APORT/health")
 last_w=0
 last_change=$SECONDS
+: >"$TMP/scrapes"
 while :; do
-	w=$(metric gw_auditor_events_written_total)
+	w=$(curl -s -o "$TMP/m" -w '%{time_total}\n' "http://127.0.0.1:$APORT/metrics" 2>/dev/null >>"$TMP/scrapes"
+		awk '$1 == "gw_auditor_events_written_total" { print $2 }' "$TMP/m")
 	w=${w:-0}
 	[ "$w" = "$N" ] && break
 
@@ -107,6 +112,12 @@ while :; do
 	kill -0 "$AUDITOR_PID" 2>/dev/null || die "auditor died: $(tail -n 5 "$TMP/auditor.log")"
 	sleep 0.05
 done
+curl -s "http://127.0.0.1:$APORT/metrics" >"$TMP/metrics"
+# CPU seconds (user + system) each process used so far: who competes for the 2 cores.
+cpu() { for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null; done |
+	awk -v hz="$(getconf CLK_TCK)" '{ t += $14 + $15 } END { printf "%.1f", t / hz }'; }
+backends=$(sql "SELECT pid FROM pg_stat_activity WHERE usename = 'gw_auditor'")
+echo "bench: CPU seconds used: auditor $(cpu "$AUDITOR_PID"), its PostgreSQL backends $(cpu $backends), broker $(cpu "$BROKER_PID"), wall $(awk -v a="$t_produced" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
 batches=$(metric gw_auditor_batches_total)
 bsum=$(metric gw_auditor_batch_seconds_sum)
 db=$(sql "SELECT round($N / extract(epoch FROM max(inserted_at) - min(inserted_at))) FROM audit.audit_events")
@@ -116,5 +127,40 @@ awk -v n="$N" -v p0="$t_prod" -v p1="$t_produced" -v bs="$bsum" \
 	printf "bench: producing them took %.2f s\n", p1 - p0
 	printf "bench: a /health request sent once the first rows were in took %s s\n", sc
 	printf "bench: database, first to last batch inserted_at: %s events/s\n", db
-	printf "bench: mean batch (INSERT + COMMIT) %.1f ms = %.0f events/s while writing\n", 1000 * bs / nb, n / bs
+	printf "bench: mean batch (COPY + COMMIT) %.1f ms = %.0f events/s while writing\n", 1000 * bs / nb, n / bs
 }'
+sort -n "$TMP/scrapes" | awk '{ t[NR] = $1 } END {
+	printf "bench: /metrics during the drain (%d scrapes): median %.3f s, max %.3f s\n", NR, t[int((NR + 1) / 2)], t[NR] }'
+# Where the time went: gw_auditor_write_seconds_total{stage=...}, per 1000 events.
+awk -v n="$N" -F'[ "]' '$1 ~ /^gw_auditor_write_seconds_total/ { st[$2] = $4; tot += $4; order[++k] = $2 }
+END {
+	printf "bench: auditor time per 1000 events by stage (ms):"
+	for (i = 1; i <= k; i++) printf " %s %.1f", order[i], 1e6 * st[order[i]] / n
+	printf " | total %.1f\n", 1e6 * tot / n
+}' "$TMP/metrics"
+
+# The baseline: the same rows, psql alone, the same transaction size, same table.
+kill -TERM "$AUDITOR_PID" 2>/dev/null && wait "$AUDITOR_PID"
+AUDITOR_PID=
+COLS="event_id, request_id, event_type, event_time, service, instance, client_addr, principal,
+ idp, groups, route, model, endpoint, outcome, status, reason, prompt_tokens, completion_tokens,
+ total_tokens, latency_us, ttft_us, body_sha256, body_size, resp_sha256, resp_size,
+ kafka_partition, kafka_offset, event, chain_id, seq, prev_hash, hash"
+COLS=$(echo $COLS)
+sql "\copy (SELECT $COLS FROM audit.audit_events ORDER BY inserted_at, chain_id, seq) TO '$TMP/rows'" ||
+	die "cannot export the rows"
+mkdir "$TMP/chunks"
+split -l "$BATCH" -a 5 "$TMP/rows" "$TMP/chunks/c" || die "split failed"
+for f in "$TMP"/chunks/c*; do echo "\copy audit.audit_events ($COLS) FROM '$f'"; done >"$TMP/copy.sql"
+sql "TRUNCATE audit.audit_events" && sql "CHECKPOINT" || die "cannot empty the table"
+t0=$(date +%s.%N)
+psql -X -q -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PORT" -U postgres -d gateway -f "$TMP/copy.sql" ||
+	die "baseline COPY failed"
+t1=$(date +%s.%N)
+[ "$(sql "SELECT count(*) FROM audit.audit_events")" = "$N" ] || die "baseline wrote a different count"
+awk -v n="$N" -v t0="$t0" -v t1="$t1" -v db="$db" -v b="$BATCH" 'BEGIN {
+	base = n / (t1 - t0)
+	printf "bench: baseline, psql \\copy of the same rows, %d per transaction: %.0f events/s\n", b, base
+	printf "bench: auditor / baseline = %.2f\n", db / base
+}'
+echo "bench: load at the end: $(uptime | sed 's/.*load/load/')"

@@ -34,7 +34,7 @@ PORT=5432 # only names the socket file: listen_addresses is empty
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 20000))
+		p=$((10000 + RANDOM % 22000))
 		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
 	done
 }
@@ -190,11 +190,11 @@ check_eq "migrate exits 0" 0 $?
 echo "$ADMIN_URL" >"$TMP/admin-url"
 GW_DATABASE_ADMIN_URL_FILE=$TMP/admin-url "$AUDITOR" migrate 2>>"$TMP/migrate.log"
 check_eq "migrate again, URL from a _FILE, exits 0 (idempotent)" 0 $?
-check_eq "schema_migrations records audit versions 1,2,3" "1,2,3" \
+check_eq "schema_migrations records audit versions 1..5" "1,2,3,4,5" \
 	"$(sql "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations WHERE component = 'audit'")"
 check_eq "event_time is timestamptz" "timestamp with time zone" \
-	"$(sql "SELECT data_type FROM information_schema.columns WHERE table_schema = 'audit' AND column_name = 'event_time'")"
-check_eq "unique event_id, unique (chain_id, seq), five indexes" 7 \
+	"$(sql "SELECT data_type FROM information_schema.columns WHERE table_schema = 'audit' AND table_name = 'audit_events' AND column_name = 'event_time'")"
+check_eq "unique (event_id, event_time), (chain_id, seq), six more indexes" 8 \
 	"$(sql "SELECT count(*) FROM pg_indexes WHERE schemaname = 'audit' AND tablename = 'audit_events'")"
 check_eq "gw_auditor may INSERT and SELECT only" "INSERT,SELECT" \
 	"$(sql "SELECT string_agg(DISTINCT privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_auditor' AND table_schema = 'audit'")"

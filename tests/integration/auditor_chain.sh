@@ -35,7 +35,7 @@ PORT=5432 # only names the socket file: listen_addresses is empty
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 20000))
+		p=$((10000 + RANDOM % 22000))
 		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
 	done
 }

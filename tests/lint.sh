@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make lint`: the pinned clang-format (14, .clang-format) over every tracked C file,
-# and bash -n over the scripts.
+# bash -n over the scripts, and the README's settings table against docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=14
@@ -20,5 +20,7 @@ done
 for s in $(git ls-files '*.sh') .ci/run; do
 	bash -n "$s" || bad=1
 done
+# The README's settings table is built from docs/; a stale one fails here.
+python3 tests/tools/env-table.py --check || bad=1
 [ "$bad" = 0 ] && echo "lint: ok"
 exit $bad

@@ -13,10 +13,12 @@ STACK_NAMES=()
 stack_log() { printf '%s\n' "$*" >&2; }
 
 # A free loopback port: random in 20000-60000, not accepting connections.
+# Ports come from 10000-31999, below Linux's ephemeral range (32768-60999): a port picked
+# there can be taken by any outgoing connection (a Kafka client's) before the service binds it.
 stack_free_port() {
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((10000 + RANDOM % 22000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0

@@ -27,7 +27,7 @@ cleanup() {
 	rm -rf "$D"
 }
 trap cleanup EXIT
-port() { local p; while :; do p=$((20000 + RANDOM % 40000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo $p; return; }; done; }
+port() { local p; while :; do p=$((10000 + RANDOM % 22000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo $p; return; }; done; }
 A=$(port); B=$(port); ADM=$(port); T=$(port); F=$(port); G=$(port)
 while [ "$B" = "$A" ]; do B=$(port); done
 while [ "$ADM" = "$A" ] || [ "$ADM" = "$B" ]; do ADM=$(port); done

@@ -35,8 +35,13 @@ test: build build-asan
 	@if [ -f tests/fuzz.sh ]; then FUZZ_SECONDS=$${FUZZ_SECONDS:-10} bash tests/fuzz.sh; fi
 	@cd $(ASAN_BUILD) && $(CTEST_ENV) ctest --output-on-failure --timeout 600 -j2
 
+# The gateway beside the endpoint alone, then the auditor's write path beside psql's own
+# COPY of the same rows, then authz decisions per second on one core. The longer ones
+# (dispatcher, backup, audit queries over 10 M rows) are in tests/bench/ with their docs.
 bench: build
 	@bash tests/bench/bench.sh $(BUILD)
+	@bash tests/bench/auditor.sh $(BUILD) $${BENCH_AUDIT_EVENTS:-200000}
+	@bash tests/bench/authz.sh $(BUILD)
 
 fuzz: deps
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-600} bash tests/fuzz.sh

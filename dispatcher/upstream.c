@@ -8,6 +8,7 @@
 #include "log.h"
 #include "wire.h"
 
+#include <errno.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/keyvalq_struct.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -249,6 +251,38 @@ static void call_end(struct upstream_call *c)
 	}
 }
 
+int upstream_retry_after(const char *value, time_t now)
+{
+	while (*value == ' ' || *value == '\t')
+		value++;
+	char *end;
+	errno = 0;
+	long v = strtol(value, &end, 10);
+	if (end != value && value[0] != '-' && value[0] != '+') {
+		while (*end == ' ' || *end == '\t')
+			end++;
+		if (*end || errno)
+			return -1;
+		return v > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : (int)v;
+	}
+	/* RFC 9110's IMF-fixdate, the one HTTP-date form a sender may generate. */
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *rest = strptime(value, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	if (!rest)
+		return -1;
+	while (*rest == ' ' || *rest == '\t')
+		rest++;
+	if (*rest)
+		return -1;
+	time_t at = timegm(&tm);
+	if (at == (time_t)-1)
+		return -1;
+	if (at <= now)
+		return 0;
+	return at - now > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : (int)(at - now);
+}
+
 static int header_cb(struct evhttp_request *req, void *arg)
 {
 	struct upstream_call *c = arg;
@@ -260,14 +294,7 @@ static int header_cb(struct evhttp_request *req, void *arg)
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	const char *ctype = evhttp_find_header(in, "Content-Type");
 	const char *ra = evhttp_find_header(in, "Retry-After");
-	int retry_after = -1;
-	if (ra) {
-		char *end;
-		long v = strtol(ra, &end, 10);
-		/* Only the delta-seconds form; an HTTP date is rare from inference servers. */
-		if (end != ra && *end == 0 && v >= 0)
-			retry_after = v > 3600 ? 3600 : (int)v;
-	}
+	int retry_after = ra ? upstream_retry_after(ra, time(NULL)) : -1;
 	c->ops->on_head(c, status, ctype, retry_after);
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <stdint.h>
+#include <time.h>
 
 /* One connection to an endpoint. Owned by the pool's idle stack while idle, by the call
  * (or health check) using it otherwise; upstream_conn_free releases it and its evhttp
@@ -132,6 +133,10 @@ int upstream_start(struct upstream_call *c, struct upstream_pool *p, const struc
 /* Aborts a call in flight and closes its connection (so the endpoint stops
  * generating); no callback follows. Safe from on_body. */
 void upstream_cancel(struct upstream_call *c);
+/* Seconds a Retry-After value asks for at `now`: delta-seconds or an IMF-fixdate, capped
+ * at RETRY_AFTER_MAX_S, 0 for a date already past; -1 when it is neither. */
+#define RETRY_AFTER_MAX_S 3600
+int upstream_retry_after(const char *value, time_t now);
 
 /* Which of the endpoint's timeouts a call in flight has exceeded at now: NULL none, else
  * "connect", "first_byte", "between_chunks" or "total". total_cap_us (> 0) further

@@ -248,7 +248,10 @@ codes=$(for i in 1 2 3 4 5 6; do jq -r .status "$D/dead.$i"; done | sort -u | tr
 check_eq "a dead: every request still answered 200" "200 " "$codes"
 check_eq "a dead: answered by b" "b" \
 	"$(for i in 1 2 3 4 5 6; do jq -r '.audit[] | select(.type=="dispatch.result") | .endpoint' "$D/dead.$i"; done | sort -u | tr -d '\n')"
-check_eq "a dead: its circuit opened" open "$(circ a)"
+# On a loaded machine the 6 s cooldown may already have passed (half-open): what
+# matters is that it opened and has not closed again.
+check_eq "a dead: its circuit opened (once or more)" yes \
+	"$(curl -s "$ADMIN/circuit-breakers" | jq -r '.circuit_breakers[] | select(.endpoint=="a") | if .opens >= 1 and (.state == "open" or .state == "half_open") then "yes" else "\(.opens) \(.state)" end')"
 echo "# failover: dispatcher latency of the requests after the kill (ms, b answers in 400):" \
 	"$(for i in 1 2 3 4 5 6; do jq -r '.audit[] | select(.type=="dispatch.result") | "\(.latency_us / 1000 | floor)/\(.extra.attempts)"' "$D/dead.$i"; done | tr '\n' ' ')"
 check_contains "circuit change logged" "$(cat "$D/dispatcher.log")" '"msg":"circuit opened","endpoint":"a"'

@@ -295,6 +295,13 @@ env GW_ENV_FILE=/dev/null GW_DATABASE_URL="$PG_ADMIN_URL" GW_LIMITED_KEY="$LIMIT
 	"$STACK_BIN/authz/authz" keys create --principal ingress-limited --key-from-env GW_LIMITED_KEY \
 	>/dev/null 2>"$T/keys.log"
 check "a second API key (principal ingress-limited) is created" test $? -eq 0
+# authz learns of a new key through PostgreSQL; whoami is not rate limited, so it can
+# wait for that without spending the one request the minute allows.
+for _ in $(seq 1 100); do
+	[ "$(curl -sS -o /dev/null -w '%{http_code}' "$URL/resource_server/whoami/" \
+		-H "Authorization: Bearer $LIMITED")" = 200 ] && break
+	sleep 0.1
+done
 limited() { # headers-file body-file: one request with the limited key, prints the status
 	curl -sS -D "$1" -o "$2" -w '%{http_code}' "$URL/v1/chat/completions" \
 		-H "Authorization: Bearer $LIMITED" "${JSON[@]}" -d "$body"

@@ -17,7 +17,7 @@ JOBS=${JOBS:-2}
 command -v clang >/dev/null || { echo "fuzz: clang is not installed (apt-get install clang)" >&2; exit 1; }
 CC=clang cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGW_FUZZ=ON >/dev/null
 TARGETS=(fuzz_ingress_request fuzz_ingress_head fuzz_ingress_wire
-	fuzz_authz_jwt fuzz_authz_jwks fuzz_authz_policy)
+	fuzz_authz_jwt fuzz_authz_jwks fuzz_authz_policy fuzz_auditor_event)
 # Every target's inputs must be there before anything is built or run.
 for t in "${TARGETS[@]}"; do
 	rest=${t#fuzz_}

@@ -1,6 +1,7 @@
 /* One-document HTTP(S) GET on the loop (see fetch.h). */
 #include "fetch.h"
 #include "log.h"
+#include "tls.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -58,14 +59,12 @@ struct fetcher *fetch_new(struct event_base *base, const char *url, int timeout_
 	snprintf(f->path, sizeof f->path, "%s%s%s", path && *path ? path : "/", q ? "?" : "",
 		 q ? q : "");
 	if (f->https) {
-		f->ssl = SSL_CTX_new(TLS_client_method());
-		if (!f->ssl || SSL_CTX_set_default_verify_paths(f->ssl) != 1) {
+		f->ssl = tls_client_ctx_new(NULL); /* fetch_ssl_ca may replace the store */
+		if (!f->ssl) {
 			log_error("cannot set up TLS", LS("url", url));
 			fetch_free(f);
 			return NULL;
 		}
-		SSL_CTX_set_verify(f->ssl, SSL_VERIFY_PEER, NULL);
-		SSL_CTX_set_min_proto_version(f->ssl, TLS1_2_VERSION);
 	}
 	return f;
 }
@@ -147,18 +146,9 @@ int fetch_start(struct fetcher *f)
 	}
 	struct bufferevent *bev = NULL;
 	if (f->https) {
-		SSL *ssl = SSL_new(f->ssl);
-		if (!ssl || SSL_set_tlsext_host_name(ssl, f->host) != 1 ||
-		    SSL_set1_host(ssl, f->host) != 1) {
-			SSL_free(ssl);
-			log_error("cannot set up the TLS session", LS("host", f->host));
-			return -1;
-		}
-		bev =
-		    bufferevent_openssl_socket_new(f->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-						   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		bev = tls_client_bev(f->base, f->ssl, f->host,
+				     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 		if (!bev) {
-			SSL_free(ssl);
 			log_error("cannot set up the TLS connection", LS("host", f->host));
 			return -1;
 		}

@@ -3,6 +3,7 @@
 #include "introspect.h"
 #include "fetch.h"
 #include "log.h"
+#include "tls.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -122,14 +123,12 @@ struct introspect *introspect_new(struct event_base *base, const struct introspe
 	EVP_EncodeBlock((unsigned char *)in->auth + 6, (unsigned char *)cred, n);
 	OPENSSL_cleanse(cred, sizeof cred);
 	if (in->https) {
-		in->ssl = SSL_CTX_new(TLS_client_method());
-		if (!in->ssl || SSL_CTX_set_default_verify_paths(in->ssl) != 1) {
+		in->ssl = tls_client_ctx_new(NULL); /* introspect_set_ca_file may replace it */
+		if (!in->ssl) {
 			log_error("cannot set up TLS for GW_INTROSPECTION_URL");
 			introspect_free(in);
 			return NULL;
 		}
-		SSL_CTX_set_verify(in->ssl, SSL_VERIFY_PEER, NULL);
-		SSL_CTX_set_min_proto_version(in->ssl, TLS1_2_VERSION);
 	}
 	return in;
 }
@@ -355,21 +354,10 @@ static int start_call(struct introspect *in, struct intro_entry *e, const char *
 {
 	struct bufferevent *bev = NULL;
 	if (in->https) {
-		SSL *ssl = SSL_new(in->ssl);
-		if (!ssl)
+		bev = tls_client_bev(in->base, in->ssl, in->host,
+				     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		if (!bev)
 			return -1;
-		SSL_set_tlsext_host_name(ssl, in->host);
-		if (SSL_set1_host(ssl, in->host) != 1) {
-			SSL_free(ssl);
-			return -1;
-		}
-		bev =
-		    bufferevent_openssl_socket_new(in->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-						   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-		if (!bev) {
-			SSL_free(ssl); /* not taken over on failure */
-			return -1;
-		}
 	}
 	struct evhttp_connection *conn = evhttp_connection_base_bufferevent_new(
 	    in->base, NULL, bev, in->host, (unsigned short)in->port);

@@ -6,6 +6,7 @@
 #include "upstream.h"
 
 #include "log.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -14,7 +15,6 @@
 #include <event2/keyvalq_struct.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,22 +28,13 @@
 
 void *upstream_ssl_ctx_new(const char *ca_file)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX *ctx = tls_client_ctx_new(ca_file);
 	if (!ctx) {
-		log_error("cannot create the TLS context for https endpoints");
-		return NULL;
-	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
-			 : SSL_CTX_set_default_verify_paths(ctx);
-	if (ok != 1) {
 		char e[256];
 		ERR_error_string_n(ERR_get_error(), e, sizeof e);
 		log_error("cannot load CA certificates for https endpoints: check "
 			  "GW_DISPATCHER_CA_FILE",
 			  LS("ca_file", ca_file ? ca_file : "(system store)"), LS("error", e));
-		SSL_CTX_free(ctx);
 		return NULL;
 	}
 	return ctx;
@@ -101,27 +92,11 @@ void upstream_pool_free(struct upstream_pool *p)
 /* A TLS bufferevent that verifies the certificate chain and the host name. */
 static struct bufferevent *tls_bev(struct upstream_pool *p)
 {
-	SSL *ssl = SSL_new(p->ssl_ctx);
-	if (!ssl)
-		return NULL;
-	X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
-	X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-	int is_ip =
-	    strchr(p->ep->host, ':') || strspn(p->ep->host, "0123456789.") == strlen(p->ep->host);
-	if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, p->ep->host)
-		   : X509_VERIFY_PARAM_set1_host(vp, p->ep->host, 0)) != 1 ||
-	    (!is_ip && SSL_set_tlsext_host_name(ssl, p->ep->host) != 1)) {
-		SSL_free(ssl);
-		return NULL;
-	}
-	struct bufferevent *bev = bufferevent_openssl_socket_new(
-	    p->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		SSL_free(ssl);
-		return NULL;
-	}
+	struct bufferevent *bev =
+	    tls_client_bev(p->base, p->ssl_ctx, p->ep->host, BEV_OPT_CLOSE_ON_FREE);
 	/* Some servers close without close_notify; the HTTP framing tells a short body. */
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	if (bev)
+		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	return bev;
 }
 

@@ -2,6 +2,7 @@
  * partitions may go, the cut records that let verify continue each chain, the
  * audit.retention events, and serve's periodic job that also creates partitions ahead. */
 #include "retention.h"
+#include "timearg.h"
 #include "audit.h"
 #include "config.h"
 #include "log.h"
@@ -25,23 +26,12 @@
 #define DELIVERY_TIMEOUT_MS  15000
 #define DAYS_MAX             100000
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
-static long long days_from_civil(long long y, int m, int d)
-{
-	y -= m <= 2;
-	long long era = (y >= 0 ? y : y - 399) / 400;
-	long long yoe = y - era * 400;
-	long long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
 int64_t retention_month_start_us(int year, int month)
 {
 	long long y = year, m0 = (long long)month - 1;
 	y += m0 >= 0 ? m0 / 12 : -((11 - m0) / 12);
 	m0 -= (m0 >= 0 ? m0 / 12 : -((11 - m0) / 12)) * 12;
-	return (int64_t)days_from_civil(y, (int)m0 + 1, 1) * 86400 * 1000000;
+	return timearg_days_from_civil(y, (int)m0 + 1, 1) * 86400 * 1000000;
 }
 
 int retention_month_expired(int year, int month, int64_t now_us, long long days)

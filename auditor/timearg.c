@@ -20,7 +20,7 @@ static int digits(const char *s, int n, int *out)
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm),
  * valid for any year and independent of the C library's time_t range. */
-static int64_t days_from_civil(int64_t y, int m, int d)
+int64_t timearg_days_from_civil(int64_t y, int m, int d)
 {
 	y -= m <= 2;
 	int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -114,7 +114,8 @@ static int parse_rfc3339(const char *s, int64_t *out)
 		if (*p)
 			return -1;
 	}
-	int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset_s;
+	int64_t secs =
+	    timearg_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset_s;
 	*out = secs * US_PER_S + frac_us;
 	return 0;
 }

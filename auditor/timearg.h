@@ -9,4 +9,8 @@
  * Returns 0, or -1 on anything malformed or out of range (years 1..9999). */
 int timearg_parse(const char *s, int64_t now_us, int64_t *out_us);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date (month 1-12), for any year:
+ * independent of the C library's time_t range. */
+int64_t timearg_days_from_civil(int64_t y, int m, int d);
+
 #endif

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define PUMP_BATCH        512
@@ -685,12 +684,9 @@ int kafka_consumer_close(struct kafka_consumer *c)
 		rd_kafka_error_destroy(cerr);
 		err = 1;
 	} else {
-		struct timespec t0, t;
-		clock_gettime(CLOCK_MONOTONIC, &t0);
+		int64_t give_up = wire_now_ms() + CONSUMER_CLOSE_MS;
 		while (!(closed = rd_kafka_consumer_closed(c->rk))) {
-			clock_gettime(CLOCK_MONOTONIC, &t);
-			if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >
-			    CONSUMER_CLOSE_MS)
+			if (wire_now_ms() > give_up)
 				break;
 			rd_kafka_queue_poll_callback(q, 100); /* serves the revoke (rebalance_cb) */
 		}

@@ -15,6 +15,7 @@
 #include <sys/random.h>
 
 #include "config.h"
+#include "hex.h"
 #include "log.h"
 
 #define HKDF_INFO "gw-backup-agent segment key v1"
@@ -33,39 +34,15 @@ static uint32_t get_u32(const unsigned char *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static void hex(const unsigned char *in, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * n] = 0;
-}
-
-static int unhex(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int crypt_key_parse(struct crypt_key *k, const char *buf, size_t len, char *why, size_t whycap)
 {
 	memset(k, 0, sizeof *k);
 	if (len == 2 * CRYPT_KEY_LEN) {
-		int ok = 1;
-		for (size_t i = 0; i < CRYPT_KEY_LEN && ok; i++) {
-			int hi = unhex(buf[2 * i]), lo = unhex(buf[2 * i + 1]);
-			if (hi < 0 || lo < 0)
-				ok = 0;
-			else
-				k->key[i] = (unsigned char)(hi << 4 | lo);
-		}
+		char text[2 * CRYPT_KEY_LEN + 1]; /* hex_decode wants it NUL-terminated */
+		memcpy(text, buf, len);
+		text[len] = 0;
+		int ok = hex_decode(text, CRYPT_KEY_LEN, k->key) == 0;
+		explicit_bzero(text, sizeof text);
 		if (!ok) {
 			explicit_bzero(k->key, sizeof k->key);
 			snprintf(why, whycap, "64 characters but not all hex digits");
@@ -82,7 +59,7 @@ int crypt_key_parse(struct crypt_key *k, const char *buf, size_t len, char *why,
 	}
 	unsigned char d[SHA256_DIGEST_LENGTH];
 	SHA256(k->key, CRYPT_KEY_LEN, d);
-	hex(d, CRYPT_KEY_ID_HEX / 2, k->id);
+	hex_encode(d, CRYPT_KEY_ID_HEX / 2, k->id);
 	k->set = 1;
 	return 0;
 }
@@ -124,7 +101,7 @@ int crypt_header_key_id(const unsigned char *hdr, size_t n, char out[CRYPT_KEY_I
 {
 	if (n < CRYPT_HEADER_LEN || memcmp(hdr, CRYPT_MAGIC, 8) != 0)
 		return -1;
-	hex(hdr + 16, CRYPT_KEY_ID_HEX / 2, out);
+	hex_encode(hdr + 16, CRYPT_KEY_ID_HEX / 2, out);
 	return 0;
 }
 
@@ -174,8 +151,10 @@ int crypt_writer_init(struct crypt_writer *w, const struct crypt_key *k, size_t 
 		snprintf(w->error, sizeof w->error, "cannot set up AES-256-GCM");
 		return -1;
 	}
-	for (size_t i = 0; i < sizeof kid; i++)
-		kid[i] = (unsigned char)(unhex(k->id[2 * i]) << 4 | unhex(k->id[2 * i + 1]));
+	if (hex_decode(k->id, sizeof kid, kid) != 0) { /* k->id is ours: never */
+		snprintf(w->error, sizeof w->error, "malformed key id");
+		return -1;
+	}
 	unsigned char *h = w->header;
 	memcpy(h, CRYPT_MAGIC, 8);
 	h[8] = ALG_ID;

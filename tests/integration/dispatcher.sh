@@ -8,58 +8,10 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=$(cd "${1:?usage: dispatcher.sh BUILD_DIR}" && pwd)
 . "$ROOT/tests/lib/assert.sh"
 
-DISPATCHER=$BIN/dispatcher/dispatcher
-PROBE=$BIN/dispatcher/gw-dispatch-probe
-BROKER=$BIN/deploy/local/gw-broker
-MOCK=$BIN/deploy/local/gw-mock-endpoint
-for b in "$DISPATCHER" "$PROBE" "$BROKER" "$MOCK"; do
-	if [ ! -x "$b" ]; then
-		echo "missing $b: build the dispatcher, gw-dispatch-probe, gw-broker and gw-mock-endpoint targets"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
+DLIB_NAME=dispatcher DLIB_TMP=gw-dispatcher-test
+DLIB_HINT=": build the dispatcher, gw-dispatch-probe, gw-broker and gw-mock-endpoint targets"
+. "$ROOT/tests/lib/dispatcher_lib.sh"
 
-D=$(mktemp -d /tmp/gw-dispatcher-test.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	if [ "$T_FAIL" -gt 0 ]; then
-		rm -rf "$BIN/test-logs/dispatcher" && mkdir -p "$BIN/test-logs/dispatcher" &&
-			cp "$D"/*.log "$BIN/test-logs/dispatcher/" 2>/dev/null &&
-			echo "logs kept in $BIN/test-logs/dispatcher"
-	fi
-	rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A random port nothing listens on (as stack_free_port in deploy/local/stack.sh; no
-# python start-up per port on a loaded machine).
-# Ports handed out are remembered (in USED_PORTS, when called without a subshell:
-# `free_port >/dev/null; X=$FP`) so two calls never return the same one.
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 1 200); do
-		p=$((10000 + RANDOM % 22000))
-		case "$USED_PORTS" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS="$USED_PORTS$p "
-			FP=$p
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-wait_file() { local i; for i in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
 wait_http() { # url pid
 	local i
 	for i in $(seq 1 100); do
@@ -129,15 +81,7 @@ check_eq "serve with an invalid endpoints file exits 1" 1 $?
 check_contains "serve names the bad field" "$err" "endpoints[0].url"
 
 # --- broker, endpoints, dispatcher ---
-"$BROKER" --bootstrap-file "$D/bootstrap" >/dev/null 2>"$D/broker.log" &
-PIDS+=($!)
-if ! wait_file "$D/bootstrap"; then
-	not_ok "broker starts"
-	t_summary
-	exit 1
-fi
-export GW_KAFKA_BROKERS=$(cat "$D/bootstrap")
-export GW_ENV_FILE=/dev/null
+start_broker
 GW_MOCK_LISTEN=127.0.0.1:$MOCK_PORT GW_MOCK_TOKEN_MS=5 GW_MOCK_API_KEY_FILE=$D/mock.key \
 	"$MOCK" serve >/dev/null 2>"$D/mock.log" &
 PIDS+=($!)
@@ -168,20 +112,12 @@ check "flaky mock endpoint starts" wait_http "http://127.0.0.1:$FLAKY_PORT/healt
 # must answer 502 upstream_unavailable however long the run takes on a loaded machine,
 # not 503 once enough 5 s health checks have failed to open its circuit.
 start_dispatcher() { # drain_ms log
-	GW_ENDPOINTS_FILE=$D/endpoints.json GW_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT \
-		GW_DISPATCHER_CB_FAILURES=1000 GW_DISPATCHER_CB_RATE_MIN=1000 \
-		GW_DISPATCHER_ENDPOINT_QUEUE=1 GW_DISPATCHER_DRAIN_MS=$1 GW_LOG_LEVEL=info \
-		GW_DISPATCHER_MAX_RESPONSE=8192 \
-		"$DISPATCHER" serve 2>"$D/$2" &
-	DISP_PID=$!
-	PIDS+=($DISP_PID)
+	serve_dispatcher "$2" GW_DISPATCHER_CB_FAILURES=1000 GW_DISPATCHER_CB_RATE_MIN=1000 \
+		GW_DISPATCHER_ENDPOINT_QUEUE=1 GW_DISPATCHER_DRAIN_MS="$1" GW_LOG_LEVEL=info \
+		GW_DISPATCHER_MAX_RESPONSE=8192
 }
 start_dispatcher 1000 dispatcher.log
 check "dispatcher becomes ready" wait_http "http://127.0.0.1:$ADMIN_PORT/ready" "$DISP_PID"
-
-probe() { "$PROBE" "$@" 2>>"$D/probe.log"; }
-jf() { jq -r "$1" <<<"$2"; }
-jqe() { jq -e "$@" >/dev/null; }
 
 # The first request waits for the consumer group to form.
 warm=$(probe --model mock-llm --timeout-ms 30000)

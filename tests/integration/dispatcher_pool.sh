@@ -10,74 +10,17 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=$(cd "${1:?usage: dispatcher_pool.sh BUILD_DIR}" && pwd)
 . "$ROOT/tests/lib/assert.sh"
 
-DISPATCHER=$BIN/dispatcher/dispatcher
-PROBE=$BIN/dispatcher/gw-dispatch-probe
-BROKER=$BIN/deploy/local/gw-broker
-FAKE=$HERE/dispatcher_fake_endpoint.py
-for b in "$DISPATCHER" "$PROBE" "$BROKER"; do
-	if [ ! -x "$b" ]; then
-		echo "missing $b"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-D=$(mktemp -d /tmp/gw-dispatcher-pool.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	if [ "$T_FAIL" -gt 0 ]; then
-		rm -rf "$BIN/test-logs/dispatcher_pool" && mkdir -p "$BIN/test-logs/dispatcher_pool" &&
-			cp "$D"/*.log "$BIN/test-logs/dispatcher_pool/" 2>/dev/null &&
-			echo "logs kept in $BIN/test-logs/dispatcher_pool"
-	fi
-	rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 1 200); do
-		p=$((10000 + RANDOM % 22000))
-		case "$USED_PORTS" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS="$USED_PORTS$p "
-			FP=$p
-			return 0
-		fi
-	done
-	return 1
-}
-wait_file() { local i; for i in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
-up() { curl -s -o /dev/null -k "$1"; }
-jf() { jq -r "$1" <<<"$2"; }
-probe() { "$PROBE" "$@" 2>>"$D/probe.log"; }
+DLIB_NAME=dispatcher_pool DLIB_BINS="DISPATCHER PROBE BROKER"
+. "$ROOT/tests/lib/dispatcher_lib.sh"
 conns() { curl -sk "https://127.0.0.1:$1/count" | jq -r '._connections'; }
 count_of() { curl -sk "https://127.0.0.1:$1/count" | jq -r ".[\"$2\"] // 0"; }
-epv() { curl -s "$ADMIN/endpoints" | jq -r ".endpoints[] | select(.name==\"$1\") | $2"; }
 
-free_port; T_PORT=$FP
-free_port; I_PORT=$FP
-free_port; ADMIN_PORT=$FP
+free_port >/dev/null; T_PORT=$FP
+free_port >/dev/null; I_PORT=$FP
+free_port >/dev/null; ADMIN_PORT=$FP
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
-"$BROKER" --bootstrap-file "$D/bootstrap" >/dev/null 2>"$D/broker.log" &
-PIDS+=($!)
-if ! wait_file "$D/bootstrap"; then
-	not_ok "broker starts"
-	t_summary
-	exit 1
-fi
-export GW_KAFKA_BROKERS=$(cat "$D/bootstrap")
-export GW_ENV_FILE=/dev/null
+start_broker
 
 # A private CA and a certificate it signed for "localhost": verification is real.
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$D/ca.key" -out "$D/ca.crt" -days 1 \
@@ -88,10 +31,8 @@ printf 'subjectAltName=DNS:localhost\n' >"$D/ext"
 openssl x509 -req -in "$D/tls.csr" -CA "$D/ca.crt" -CAkey "$D/ca.key" -CAcreateserial \
 	-out "$D/tls.crt" -days 1 -extfile "$D/ext" >/dev/null 2>&1
 # t keeps connections open; i closes them after 0.3 s idle.
-python3 "$FAKE" "$T_PORT" "$D/tls.crt" "$D/tls.key" >/dev/null 2>"$D/fake-t.log" &
-PIDS+=($!)
-FAKE_IDLE_S=0.3 python3 "$FAKE" "$I_PORT" "$D/tls.crt" "$D/tls.key" >/dev/null 2>"$D/fake-i.log" &
-PIDS+=($!)
+start_fake "$T_PORT" fake-t.log "$D/tls.crt" "$D/tls.key"
+FAKE_IDLE_S=0.3 start_fake "$I_PORT" fake-i.log "$D/tls.crt" "$D/tls.key"
 check "tls endpoint t starts" eventually 10 up "https://127.0.0.1:$T_PORT/v1/models"
 check "tls endpoint i starts" eventually 10 up "https://127.0.0.1:$I_PORT/v1/models"
 
@@ -102,13 +43,9 @@ cat >"$D/endpoints.json" <<EOF2
 ]}
 EOF2
 
-GW_ENDPOINTS_FILE=$D/endpoints.json GW_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT GW_LOG_LEVEL=debug \
+serve_dispatcher dispatcher.log GW_LOG_LEVEL=debug \
 	GW_DISPATCHER_HEALTH_INTERVAL_MS=1000 GW_DISPATCHER_CB_FAILURES=2 GW_DISPATCHER_POOL_IDLE_MS=2500 \
-	GW_DISPATCHER_CA_FILE=$D/ca.crt GW_DISPATCHER_DRAIN_MS=1000 \
-	"$DISPATCHER" serve 2>"$D/dispatcher.log" &
-DISP_PID=$!
-PIDS+=($DISP_PID)
-ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/ready")" = 200 ]; }
+	GW_DISPATCHER_CA_FILE="$D/ca.crt" GW_DISPATCHER_DRAIN_MS=1000
 check "dispatcher ready" eventually 20 ready
 warm=$(probe --model tls-llm --timeout-ms 30000)
 check_eq "https: first request answered (verified against the private CA)" 200 "$(jf .status "$warm")"

@@ -9,84 +9,21 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=$(cd "${1:?usage: dispatcher_reload.sh BUILD_DIR}" && pwd)
 . "$ROOT/tests/lib/assert.sh"
 
-DISPATCHER=$BIN/dispatcher/dispatcher
-PROBE=$BIN/dispatcher/gw-dispatch-probe
-BROKER=$BIN/deploy/local/gw-broker
-MOCK=$BIN/deploy/local/gw-mock-endpoint
-for b in "$DISPATCHER" "$PROBE" "$BROKER" "$MOCK"; do
-	if [ ! -x "$b" ]; then
-		echo "missing $b"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-D=$(mktemp -d /tmp/gw-dispatcher-reload.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	if [ "$T_FAIL" -gt 0 ]; then
-		rm -rf "$BIN/test-logs/dispatcher_reload" && mkdir -p "$BIN/test-logs/dispatcher_reload" &&
-			cp "$D"/*.log "$BIN/test-logs/dispatcher_reload/" 2>/dev/null &&
-			echo "logs kept in $BIN/test-logs/dispatcher_reload"
-	fi
-	rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 1 200); do
-		p=$((10000 + RANDOM % 22000))
-		case "$USED_PORTS" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS="$USED_PORTS$p "
-			FP=$p
-			return 0
-		fi
-	done
-	return 1
-}
-wait_file() { local i; for i in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
-up() { curl -s -o /dev/null "$1"; }
-jf() { jq -r "$1" <<<"$2"; }
-probe() { "$PROBE" "$@" 2>>"$D/probe.log"; }
-jqe() { jq -e "$@" >/dev/null; }
-stat_of() { curl -s "http://127.0.0.1:$1/mock/stats" | jq -r ".$2"; }
-epv() { curl -s "$ADMIN/endpoints" | jq -r ".endpoints[] | select(.name==\"$1\") | $2"; }
+DLIB_NAME=dispatcher_reload
+. "$ROOT/tests/lib/dispatcher_lib.sh"
 result() { jq -r '.audit[] | select(.type=="dispatch.result") | "\(.outcome) \(.endpoint)"' "$1"; }
 
-free_port; A_PORT=$FP
-free_port; B_PORT=$FP
-free_port; ADMIN_PORT=$FP
+free_port >/dev/null; A_PORT=$FP
+free_port >/dev/null; B_PORT=$FP
+free_port >/dev/null; ADMIN_PORT=$FP
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
-"$BROKER" --bootstrap-file "$D/bootstrap" >/dev/null 2>"$D/broker.log" &
-PIDS+=($!)
-if ! wait_file "$D/bootstrap"; then
-	not_ok "broker starts"
-	t_summary
-	exit 1
-fi
-export GW_KAFKA_BROKERS=$(cat "$D/bootstrap")
-export GW_ENV_FILE=/dev/null
+start_broker
 
 # a answers after 8 s (streams: 40 tokens, 25 ms apart, after that): long enough for the
 # five calls to be under way and the new ones answered on a loaded machine; b at once.
-GW_MOCK_LISTEN=127.0.0.1:$A_PORT GW_MOCK_MODELS=m GW_MOCK_LATENCY_MS=8000 GW_MOCK_TOKEN_MS=25 \
-	GW_MOCK_COMPLETION_TOKENS=40 "$MOCK" serve >/dev/null 2>"$D/a.log" &
-PIDS+=($!)
-GW_MOCK_LISTEN=127.0.0.1:$B_PORT GW_MOCK_MODELS=m,m2 GW_MOCK_LATENCY_MS=0 GW_MOCK_TOKEN_MS=1 \
-	"$MOCK" serve >/dev/null 2>"$D/b.log" &
-PIDS+=($!)
+start_mock "$A_PORT" m 8000 25 a.log GW_MOCK_COMPLETION_TOKENS=40
+start_mock "$B_PORT" m,m2 0 1 b.log
 check "endpoint a starts" eventually 10 up "http://127.0.0.1:$A_PORT/v1/models"
 check "endpoint b starts" eventually 10 up "http://127.0.0.1:$B_PORT/v1/models"
 
@@ -97,12 +34,7 @@ cat >"$D/endpoints.json" <<EOF2
  {"name":"b","url":"http://127.0.0.1:$B_PORT","models":["m2"],"max_concurrent":8}
 ]}
 EOF2
-GW_ENDPOINTS_FILE=$D/endpoints.json GW_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT GW_LOG_LEVEL=info \
-	GW_DISPATCHER_HEALTH_INTERVAL_MS=300 GW_DISPATCHER_DRAIN_MS=1000 \
-	"$DISPATCHER" serve 2>"$D/dispatcher.log" &
-DISP_PID=$!
-PIDS+=($DISP_PID)
-ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/ready")" = 200 ]; }
+serve_dispatcher dispatcher.log GW_LOG_LEVEL=info GW_DISPATCHER_HEALTH_INTERVAL_MS=300 GW_DISPATCHER_DRAIN_MS=1000
 check "dispatcher ready" eventually 20 ready
 warm=$(probe --model m2 --timeout-ms 30000)
 check_eq "first request answered once the group has formed" 200 "$(jf .status "$warm")"

@@ -10,64 +10,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=$(cd "${1:?usage: dispatcher_routing.sh BUILD_DIR}" && pwd)
 . "$ROOT/tests/lib/assert.sh"
 
-DISPATCHER=$BIN/dispatcher/dispatcher
-PROBE=$BIN/dispatcher/gw-dispatch-probe
-BROKER=$BIN/deploy/local/gw-broker
-MOCK=$BIN/deploy/local/gw-mock-endpoint
-FAKE=$HERE/dispatcher_fake_endpoint.py
-for b in "$DISPATCHER" "$PROBE" "$BROKER" "$MOCK"; do
-	if [ ! -x "$b" ]; then
-		echo "missing $b"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-D=$(mktemp -d /tmp/gw-dispatcher-routing.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	if [ "$T_FAIL" -gt 0 ]; then
-		rm -rf "$BIN/test-logs/dispatcher_routing" && mkdir -p "$BIN/test-logs/dispatcher_routing" &&
-			cp "$D"/*.log "$BIN/test-logs/dispatcher_routing/" 2>/dev/null &&
-			echo "logs kept in $BIN/test-logs/dispatcher_routing"
-	fi
-	rm -rf "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A random port nothing listens on (as stack_free_port in deploy/local/stack.sh; no
-# python start-up per port on a loaded machine).
-# Ports handed out are remembered (in USED_PORTS, when called without a subshell:
-# `free_port >/dev/null; X=$FP`) so two calls never return the same one.
-USED_PORTS=" "
-free_port() {
-	local p
-	for _ in $(seq 1 200); do
-		p=$((10000 + RANDOM % 22000))
-		case "$USED_PORTS" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS="$USED_PORTS$p "
-			FP=$p
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-wait_file() { local i; for i in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
-up() { curl -s -o /dev/null -k "$1"; }
-jf() { jq -r "$1" <<<"$2"; }
-jqe() { jq -e "$@" >/dev/null; }
-probe() { "$PROBE" "$@" 2>>"$D/probe.log"; }
-stat_of() { curl -s "http://127.0.0.1:$1/mock/stats" | jq -r ".$2"; }
+DLIB_NAME=dispatcher_routing
+. "$ROOT/tests/lib/dispatcher_lib.sh"
 
 free_port >/dev/null; A_PORT=$FP
 free_port >/dev/null; B_PORT=$FP
@@ -79,24 +23,8 @@ free_port >/dev/null; T_PORT=$FP
 free_port >/dev/null; ADMIN_PORT=$FP
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
-"$BROKER" --bootstrap-file "$D/bootstrap" >/dev/null 2>"$D/broker.log" &
-PIDS+=($!)
-if ! wait_file "$D/bootstrap"; then
-	not_ok "broker starts"
-	t_summary
-	exit 1
-fi
-export GW_KAFKA_BROKERS=$(cat "$D/bootstrap")
-export GW_ENV_FILE=/dev/null
+start_broker
 
-start_mock() { # port models latency_ms token_ms log [extra env...]
-	local port=$1 models=$2 lat=$3 tok=$4 log=$5
-	shift 5
-	env GW_MOCK_LISTEN=127.0.0.1:$port GW_MOCK_MODELS=$models GW_MOCK_LATENCY_MS=$lat \
-		GW_MOCK_TOKEN_MS=$tok "$@" "$MOCK" serve >/dev/null 2>>"$D/$log" &
-	PIDS+=($!)
-	LAST=$!
-}
 start_mock "$A_PORT" m 400 1 a.log
 A_PID=$LAST
 start_mock "$B_PORT" m 400 1 b.log
@@ -106,10 +34,8 @@ start_mock "$L_PORT" long 0 100 l.log GW_MOCK_COMPLETION_TOKENS=2000
 # A TLS certificate for "localhost" only: https://127.0.0.1 must then fail the check.
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$D/tls.key" -out "$D/tls.crt" -days 1 \
 	-subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1
-python3 "$FAKE" "$X_PORT" >/dev/null 2>"$D/fake.log" &
-PIDS+=($!)
-python3 "$FAKE" "$T_PORT" "$D/tls.crt" "$D/tls.key" >/dev/null 2>"$D/faketls.log" &
-PIDS+=($!)
+start_fake "$X_PORT" fake.log
+start_fake "$T_PORT" faketls.log "$D/tls.crt" "$D/tls.key"
 for p in $A_PORT $B_PORT $C_PORT $F_PORT $L_PORT $X_PORT; do
 	check "endpoint on $p starts" eventually 10 up "http://127.0.0.1:$p/v1/models"
 done
@@ -132,15 +58,11 @@ EOF2
 }
 write_endpoints ""
 
-GW_ENDPOINTS_FILE=$D/endpoints.json GW_ADMIN_LISTEN=127.0.0.1:$ADMIN_PORT GW_LOG_LEVEL=info \
+serve_dispatcher dispatcher.log GW_LOG_LEVEL=info \
 	GW_DISPATCHER_HEALTH_INTERVAL_MS=300 GW_DISPATCHER_HEALTH_TIMEOUT_MS=500 \
 	GW_DISPATCHER_CB_FAILURES=3 GW_DISPATCHER_CB_COOLDOWN_MS=6000 GW_DISPATCHER_RETRY_BASE_MS=20 \
-	GW_MAX_ATTEMPTS=3 GW_DISPATCHER_CA_FILE=$D/tls.crt GW_DISPATCHER_DRAIN_MS=1000 \
-	"$DISPATCHER" serve 2>"$D/dispatcher.log" &
-DISP_PID=$!
-PIDS+=($DISP_PID)
+	GW_MAX_ATTEMPTS=3 GW_DISPATCHER_CA_FILE="$D/tls.crt" GW_DISPATCHER_DRAIN_MS=1000
 check "dispatcher becomes ready" eventually 20 up "$ADMIN/ready"
-ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/ready")" = 200 ]; }
 check "dispatcher ready" eventually 20 ready
 warm=$(probe --model m2 --timeout-ms 30000)
 check_eq "first request answered once the group has formed" 200 "$(jf .status "$warm")"

@@ -106,7 +106,7 @@ static void print_table(PGresult *r)
 }
 
 /* RFC 4180: quote fields holding a separator, quote or line break; double quotes. */
-static void put_csv(const char *s)
+void query_csv_field(const char *s)
 {
 	if (!strpbrk(s, ",\"\r\n")) {
 		fputs(s, stdout);
@@ -124,12 +124,12 @@ static void put_csv(const char *s)
 static void print_csv(PGresult *r)
 {
 	for (int j = 0; j < NCOLUMNS; j++) {
-		put_csv(columns[j]);
+		query_csv_field(columns[j]);
 		fputs(j + 1 < NCOLUMNS ? "," : "\r\n", stdout);
 	}
 	for (int i = 0; i < PQntuples(r); i++)
 		for (int j = 0; j < NCOLUMNS; j++) {
-			put_csv(PQgetvalue(r, i, j));
+			query_csv_field(PQgetvalue(r, i, j));
 			fputs(j + 1 < NCOLUMNS ? "," : "\r\n", stdout);
 		}
 }

@@ -7,4 +7,7 @@
  * 1 on a database error, 2 on bad flags. */
 int query_main(int argc, char **argv);
 
+/* Writes s to stdout as one RFC 4180 CSV field (quoted when it must be). */
+void query_csv_field(const char *s);
+
 #endif

@@ -3,14 +3,15 @@
 #include "report.h"
 #include "log.h"
 #include "pg.h"
+#include "query.h"
 #include "timearg.h"
+#include "wire.h"
 
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* requests: distinct request ids seen in the group; denials: authz decisions denied;
  * errors: events with outcome error or expired (authz, dispatch); tokens: total_tokens
@@ -37,28 +38,6 @@ static void usage(FILE *f)
 	    "  (total_tokens of dispatch results). TIME: RFC 3339 or an age such as 24h.\n"
 	    "  until defaults to now; format to table.\n",
 	    f);
-}
-
-static int64_t now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void csv_field(const char *s)
-{
-	if (!strpbrk(s, ",\"\n\r")) {
-		fputs(s, stdout);
-		return;
-	}
-	putchar('"');
-	for (; *s; s++) {
-		if (*s == '"')
-			putchar('"');
-		putchar(*s);
-	}
-	putchar('"');
 }
 
 static const char *group_expr(const char *by)
@@ -103,7 +82,7 @@ int report_main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	int64_t now = now_us(), since_us = 0, until_us = now;
+	int64_t now = wire_now_us(), since_us = 0, until_us = now;
 	const char *expr = by ? group_expr(by) : NULL;
 	if (optind < argc || !since || !expr ||
 	    (strcmp(format, "table") && strcmp(format, "csv") && strcmp(format, "jsonl"))) {
@@ -151,7 +130,7 @@ int report_main(int argc, char **argv)
 	} else if (strcmp(format, "csv") == 0) {
 		printf("%s,requests,denials,errors,tokens\n", by);
 		for (int i = 0; i < n; i++) {
-			csv_field(PQgetvalue(r, i, 0));
+			query_csv_field(PQgetvalue(r, i, 0));
 			printf(",%s,%s,%s,%s\n", PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
 			       PQgetvalue(r, i, 3), PQgetvalue(r, i, 4));
 		}

@@ -1,30 +1,13 @@
 /* API key format, generation, hashing and constant-time verification (see apikey.h).
  * Only OpenSSL: ingress links this file to derive the principal hint. */
 #include "apikey.h"
+#include "b64url.h"
 #include "hex.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <string.h>
-
-static const char hexdigits[] = "0123456789abcdef";
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static int b64url_value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
 
 int apikey_parse_n(const void *key, size_t len, char id_out[APIKEY_ID_HEX + 1])
 {
@@ -62,29 +45,6 @@ int apikey_parse(const char *key, char id_out[APIKEY_ID_HEX + 1])
 	return apikey_parse_n(key, len, id_out);
 }
 
-static void b64url_encode(const unsigned char *in, size_t n, char *out)
-{
-	size_t o = 0, i = 0;
-	for (; i + 3 <= n; i += 3) {
-		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-		out[o++] = b64url[v >> 18 & 63];
-		out[o++] = b64url[v >> 12 & 63];
-		out[o++] = b64url[v >> 6 & 63];
-		out[o++] = b64url[v & 63];
-	}
-	if (n - i == 1) {
-		unsigned v = (unsigned)in[i] << 16;
-		out[o++] = b64url[v >> 18 & 63];
-		out[o++] = b64url[v >> 12 & 63];
-	} else if (n - i == 2) {
-		unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
-		out[o++] = b64url[v >> 18 & 63];
-		out[o++] = b64url[v >> 12 & 63];
-		out[o++] = b64url[v >> 6 & 63];
-	}
-	out[o] = 0;
-}
-
 int apikey_generate(char key_out[APIKEY_LEN + 1], char id_out[APIKEY_ID_HEX + 1])
 {
 	unsigned char raw[APIKEY_ID_HEX / 2 + APIKEY_SECRET_BYTES];
@@ -93,10 +53,8 @@ int apikey_generate(char key_out[APIKEY_LEN + 1], char id_out[APIKEY_ID_HEX + 1]
 	char *p = key_out;
 	memcpy(p, APIKEY_PREFIX, APIKEY_PREFIX_LEN);
 	p += APIKEY_PREFIX_LEN;
-	for (int i = 0; i < APIKEY_ID_HEX / 2; i++) {
-		*p++ = hexdigits[raw[i] >> 4];
-		*p++ = hexdigits[raw[i] & 15];
-	}
+	hex_encode(raw, APIKEY_ID_HEX / 2, p);
+	p += APIKEY_ID_HEX;
 	*p++ = '_';
 	b64url_encode(raw + APIKEY_ID_HEX / 2, APIKEY_SECRET_BYTES, p);
 	OPENSSL_cleanse(raw, sizeof raw);

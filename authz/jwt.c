@@ -3,6 +3,7 @@
  * input byte is checked before it is trusted: this is the first code that sees an
  * attacker's token. */
 #include "jwt.h"
+#include "b64url.h"
 
 #include <jansson.h>
 #include <openssl/bn.h>
@@ -15,48 +16,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static int b64url_val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
-}
-
-long jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
-{
-	if (len % 4 == 1)
-		return -1;
-	size_t n = 0;
-	uint32_t acc = 0;
-	int bits = 0;
-	for (size_t i = 0; i < len; i++) {
-		int v = b64url_val((unsigned char)in[i]);
-		if (v < 0)
-			return -1;
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (n >= cap)
-				return -1;
-			out[n++] = (unsigned char)(acc >> bits);
-			acc &= (1u << bits) - 1;
-		}
-	}
-	/* Leftover bits must be zero: one spelling per value. */
-	if (acc != 0)
-		return -1;
-	return (long)n;
-}
-
 /* ---- JWKS ---- */
 
 static int b64_field(const json_t *o, const char *name, unsigned char *out, size_t cap, size_t *n)
@@ -64,7 +23,7 @@ static int b64_field(const json_t *o, const char *name, unsigned char *out, size
 	const char *s = json_string_value(json_object_get(o, name));
 	if (!s)
 		return -1;
-	long l = jwt_b64url_decode(s, strlen(s), out, cap);
+	long l = b64url_decode(s, strlen(s), out, cap);
 	if (l <= 0)
 		return -1;
 	*n = (size_t)l;
@@ -274,7 +233,7 @@ int jwt_looks_like(const void *cred, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		if (s[i] == '.')
 			dots++;
-		else if (b64url_val((unsigned char)s[i]) < 0)
+		else if (b64url_value((unsigned char)s[i]) < 0)
 			return 0;
 	}
 	return dots == 2;
@@ -415,7 +374,7 @@ enum jwt_result jwt_verify(const struct jwt_config *cfg, const struct jwks *keys
 	buf = malloc(len + 4);
 	if (!buf)
 		FAIL("out of memory");
-	long n = jwt_b64url_decode(tok, hl, buf, len);
+	long n = b64url_decode(tok, hl, buf, len);
 	if (n <= 0 || !(hdr = json_loadb((char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL)) ||
 	    !json_is_object(hdr))
 		FAIL("malformed token: the header is not base64url JSON");
@@ -434,7 +393,7 @@ enum jwt_result jwt_verify(const struct jwt_config *cfg, const struct jwks *keys
 	if (kid && strlen(kid) < 128)
 		snprintf(kid_out, 128, "%s", kid);
 
-	long sn = jwt_b64url_decode(d2 + 1, sl, buf, len);
+	long sn = b64url_decode(d2 + 1, sl, buf, len);
 	if (sn <= 0)
 		FAIL("malformed token: the signature is not base64url");
 	const unsigned char *data = (const unsigned char *)tok;
@@ -471,7 +430,7 @@ enum jwt_result jwt_verify(const struct jwt_config *cfg, const struct jwks *keys
 			FAIL("token signature does not verify");
 	}
 
-	n = jwt_b64url_decode(d1 + 1, pl, buf, len);
+	n = b64url_decode(d1 + 1, pl, buf, len);
 	if (n <= 0 ||
 	    !(claims = json_loadb((char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL)) ||
 	    !json_is_object(claims))

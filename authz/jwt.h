@@ -63,7 +63,4 @@ enum jwt_result jwt_verify(const struct jwt_config *cfg, const struct jwks *keys
 			   size_t len, int64_t now_ms, struct identity *id, char *msg,
 			   size_t msgcap, char kid_out[128]);
 
-/* base64url without padding; returns the decoded length or -1. out holds len*3/4+3. */
-long jwt_b64url_decode(const char *in, size_t len, unsigned char *out, size_t cap);
-
 #endif

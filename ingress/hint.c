@@ -1,6 +1,7 @@
 /* The principal hint (gw.requests key): see hint.h. The credential is not verified
  * here (authz does that); the hint only chooses a partition. */
 #include "hint.h"
+#include "b64url.h"
 #include "hex.h"
 #include "log.h"
 
@@ -21,18 +22,10 @@ static int jwt_subject(const char *cred, size_t len, char *out, size_t cap)
 	const char *dot2 = memchr(p, '.', len - (size_t)(p - cred));
 	if (!dot2 || dot2 == p || (size_t)(dot2 - p) > 8192)
 		return -1;
-	size_t n = (size_t)(dot2 - p);
-	char b64[8192 + 4];
-	for (size_t i = 0; i < n; i++) /* base64url -> base64 */
-		b64[i] = p[i] == '-' ? '+' : p[i] == '_' ? '/' : p[i];
-	while (n % 4)
-		b64[n++] = '=';
 	unsigned char json[6200];
-	int jl = EVP_DecodeBlock(json, (const unsigned char *)b64, (int)n);
+	long jl = b64url_decode(p, (size_t)(dot2 - p), json, sizeof json);
 	if (jl <= 0)
 		return -1;
-	while (jl > 0 && json[jl - 1] == 0) /* padding decodes to trailing zeros */
-		jl--;
 	json_t *claims = json_loadb((const char *)json, (size_t)jl, 0, NULL);
 	const char *s = json_string_value(json_object_get(claims, "sub"));
 	int rc = -1;

@@ -4,6 +4,7 @@
  * matched by gw-id) and its authz.decision audit event. `usage` produces one gw.usage
  * message. Reads from the beginning of each topic with a direct assignment (no group). */
 #include "apikey.h"
+#include "b64url.h"
 #include "jwt.h"
 #include "config.h"
 #include "kafka.h"
@@ -163,7 +164,7 @@ static void hint_of(const char *cred, char *hint, size_t cap)
 	const char *d1 = strchr(cred, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
 	if (jwt_looks_like(cred, strlen(cred)) && d2) {
 		unsigned char buf[JWT_MAX_LEN];
-		long n = jwt_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof buf);
+		long n = b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), buf, sizeof buf);
 		json_t *c = n > 0 ? json_loadb((char *)buf, (size_t)n, 0, NULL) : NULL;
 		const char *sub = json_string_value(json_object_get(c, "sub"));
 		if (sub && strlen(sub) < cap)

@@ -6,6 +6,7 @@
 #include "../tools/gw-jwt-sign.c"
 
 #include "check.h"
+#include "b64url.h"
 #include "jwt.h"
 
 #include <time.h>
@@ -271,14 +272,14 @@ static void test_bad(void)
 static void test_b64(void)
 {
 	unsigned char out[16];
-	CHECK_EQ_INT(jwt_b64url_decode("", 0, out, sizeof out), 0);
-	CHECK_EQ_INT(jwt_b64url_decode("QQ", 2, out, sizeof out), 1);
+	CHECK_EQ_INT(b64url_decode("", 0, out, sizeof out), 0);
+	CHECK_EQ_INT(b64url_decode("QQ", 2, out, sizeof out), 1);
 	CHECK_EQ_INT(out[0], 'A');
-	CHECK_EQ_INT(jwt_b64url_decode("QR", 2, out, sizeof out), -1); /* non-zero pad bits */
-	CHECK_EQ_INT(jwt_b64url_decode("Q", 1, out, sizeof out), -1);
-	CHECK_EQ_INT(jwt_b64url_decode("QQ==", 4, out, sizeof out), -1);
-	CHECK_EQ_INT(jwt_b64url_decode("-_-_", 4, out, sizeof out), 3);
-	CHECK_EQ_INT(jwt_b64url_decode("AAAAAAAA", 8, out, 5), -1);
+	CHECK_EQ_INT(b64url_decode("QR", 2, out, sizeof out), -1); /* non-zero pad bits */
+	CHECK_EQ_INT(b64url_decode("Q", 1, out, sizeof out), -1);
+	CHECK_EQ_INT(b64url_decode("QQ==", 4, out, sizeof out), -1);
+	CHECK_EQ_INT(b64url_decode("-_-_", 4, out, sizeof out), 3);
+	CHECK_EQ_INT(b64url_decode("AAAAAAAA", 8, out, 5), -1);
 }
 
 int main(void)

@@ -7,78 +7,8 @@ BUILD=$(cd "${1:?usage: auditor.sh BUILD_DIR}" && pwd) || exit 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/assert.sh"
 
-AUDITOR=$BUILD/auditor/auditor
-PRODUCE=$BUILD/auditor/gw-produce
-BROKER=$BUILD/deploy/local/gw-broker
-PGBIN=${GW_PG_BIN:-/usr/lib/postgresql/15/bin}
-KEEP_TMP=${KEEP_TMP:-} # set to keep the temp dir (logs) for a look afterwards
-
-for b in "$AUDITOR" "$PRODUCE" "$BROKER" "$PGBIN/initdb" "$(command -v psql)" \
-	"$(command -v curl)" "$(command -v openssl)"; do
-	if [ ! -x "$b" ]; then
-		echo "missing ${b:-a tool (psql, curl, openssl)}: build or install it first"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-# Nothing from the caller's environment may leak in (a developer's .run/env, URLs).
-for v in $(compgen -e | grep '^GW_'); do unset "$v"; done
-export GW_ENV_FILE=/dev/null GW_LOG_LEVEL=info
-
-TMP=$(mktemp -d /tmp/gw-auditor-test.XXXXXX) || exit 1
-chmod 755 "$TMP"
-PGDIR=$TMP/pg # owned by the server's user: data, socket, log
-PGDATA=$PGDIR/data
-PORT=5432 # only names the socket file: listen_addresses is empty
-free_port() {
-	local p
-	while :; do
-		p=$((10000 + RANDOM % 22000))
-		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-	done
-}
-APORT=$(free_port)
-BROKER_PID=
-AUDITOR_PID=
-if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-
-cleanup() {
-	local rc=$?
-	if [ -n "$AUDITOR_PID" ] && kill -0 "$AUDITOR_PID" 2>/dev/null; then
-		kill -KILL "$AUDITOR_PID" 2>/dev/null
-		wait "$AUDITOR_PID" 2>/dev/null
-	fi
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID" 2>/dev/null
-		wait "$BROKER_PID" 2>/dev/null
-	fi
-	if [ -f "$PGDATA/postmaster.pid" ]; then
-		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-	fi
-	if [ "$T_FAIL" -gt 0 ]; then
-		for f in "$TMP"/auditor*.log; do
-			[ -f "$f" ] && { echo "--- tail of $(basename "$f")"; tail -n 15 "$f"; }
-		done
-	fi
-	if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-	exit $rc
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-pg_start() { "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDIR/log" -w -t 60 start >/dev/null; }
-pg_stop() { "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null; }
-psql_as() { # role psql-args...
-	local role=$1
-	shift
-	psql -X -q -At -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PORT" -U "$role" -d gateway "$@"
-}
-sql() { psql_as postgres -c "$1"; }
-
-ADMIN_URL="host=$PGDIR port=$PORT dbname=gateway user=postgres"
-DB_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_auditor"
-COMPLIANCE_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_compliance"
+. "$HERE/../lib/auditor_lib.sh"
+aud_init gw-auditor-test
 
 new_id() { openssl rand -hex 16; }
 event() { # event_id request_id [principal]
@@ -115,19 +45,6 @@ start_auditor() { # log env-assignments...
 	AUDITOR_PID=$!
 }
 
-# A step everything after depends on: stop here rather than time out check by check.
-require() { # description command...
-	local d=$1
-	shift
-	if "$@"; then
-		ok "$d"
-	else
-		not_ok "$d"
-		t_summary
-		exit 1
-	fi
-}
-
 stop_auditor() { # SIGTERM; sets STOP_RC and STOP_SECS
 	local t0=$SECONDS
 	kill -TERM "$AUDITOR_PID"
@@ -154,25 +71,7 @@ check_eq "query with an unknown --format exits 2" 2 $?
 check_eq "query with a malformed request id exits 2" 2 $?
 
 # ---- a private PostgreSQL cluster ----
-mkdir -p "$PGDIR"
-[ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-chmod 700 "$PGDIR"
-if ! "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C \
-	--no-sync >"$TMP/initdb.log" 2>&1; then
-	cat "$TMP/initdb.log"
-	not_ok "initdb"
-	t_summary
-	exit 1
-fi
-cat >>"$PGDATA/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$PGDIR'
-port = $PORT
-EOF
-require "PostgreSQL starts" pg_start
-psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE gateway" &&
-	sql "CREATE ROLE gw_auditor LOGIN; CREATE ROLE gw_compliance LOGIN"
-check_eq "database and roles created" 0 $?
+aud_pg_init check
 
 # ---- migrate ----
 out=$(cd "$TMP" && GW_DATABASE_URL=$DB_URL GW_ADMIN_LISTEN=off timeout 30 "$AUDITOR" serve 2>&1)
@@ -202,10 +101,7 @@ check_eq "gw_compliance may SELECT only" "SELECT" \
 	"$(sql "SELECT string_agg(DISTINCT privilege_type, ',' ORDER BY privilege_type) FROM information_schema.role_table_grants WHERE grantee = 'gw_compliance' AND table_schema = 'audit'")"
 
 # ---- broker and serve ----
-(cd "$TMP" && exec "$BROKER" --bootstrap-file "$TMP/bootstrap") >/dev/null 2>"$TMP/broker.log" &
-BROKER_PID=$!
-require "broker writes its bootstrap file" eventually 20 test -s "$TMP/bootstrap"
-BROKERS=$(cat "$TMP/bootstrap" 2>/dev/null)
+aud_broker_start
 
 # A small batch, so the outage below fills it and consumption has to pause.
 AUD_ENV=(GW_AUDIT_BATCH=8 GW_AUDIT_FLUSH_MS=20 GW_AUDITOR_FETCH_WAIT_MS=10)

@@ -11,76 +11,14 @@ BUILD=$(cd "${1:?usage: auditor_api.sh BUILD_DIR}" && pwd) || exit 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/assert.sh"
 
-AUDITOR=$BUILD/auditor/auditor
-PRODUCE=$BUILD/auditor/gw-produce
-BROKER=$BUILD/deploy/local/gw-broker
-PGBIN=${GW_PG_BIN:-/usr/lib/postgresql/15/bin}
-KEEP_TMP=${KEEP_TMP:-} # set to keep the temp dir (logs) for a look afterwards
-for b in "$AUDITOR" "$PRODUCE" "$BROKER" "$PGBIN/initdb" "$(command -v psql)" \
-	"$(command -v curl)" "$(command -v openssl)"; do
-	if [ ! -x "$b" ]; then
-		echo "missing ${b:-a tool (psql, curl, openssl)}: build or install it first"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-for v in $(compgen -e | grep '^GW_'); do unset "$v"; done
-export GW_ENV_FILE=/dev/null GW_LOG_LEVEL=info
-
-TMP=$(mktemp -d /tmp/gw-auditor-api.XXXXXX) || exit 1
-chmod 755 "$TMP"
-PGDIR=$TMP/pg
-PGDATA=$PGDIR/data
-PORT=5432 # only names the socket file: listen_addresses is empty
-free_port() {
-	local p
-	while :; do
-		p=$((10000 + RANDOM % 22000))
-		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-	done
-}
-APORT=$(free_port)
-BROKER_PID= AUDITOR_PID=
+. "$HERE/../lib/auditor_lib.sh"
+aud_init gw-auditor-api
 BG=()
-if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-
-cleanup() {
-	local rc=$?
+aud_cleanup_hook() {
+	local p
 	for p in "${BG[@]}"; do kill "$p" 2>/dev/null; done
-	if [ -n "$AUDITOR_PID" ] && kill -0 "$AUDITOR_PID" 2>/dev/null; then
-		kill -KILL "$AUDITOR_PID" 2>/dev/null
-		wait "$AUDITOR_PID" 2>/dev/null
-	fi
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID" 2>/dev/null
-		wait "$BROKER_PID" 2>/dev/null
-	fi
-	if [ -f "$PGDATA/postmaster.pid" ]; then
-		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-	fi
-	if [ "$T_FAIL" -gt 0 ]; then
-		for f in "$TMP"/auditor*.log; do
-			[ -f "$f" ] && { echo "--- tail of $(basename "$f")"; tail -n 15 "$f"; }
-		done
-	fi
-	if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-	exit $rc
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
 
-require() { # description command...
-	local d=$1
-	shift
-	if "$@"; then ok "$d"; else
-		not_ok "$d"
-		t_summary
-		exit 1
-	fi
-}
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PORT" -U postgres -d gateway -c "$1"; }
-DB_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_auditor"
-COMPLIANCE_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_compliance"
 new_id() { openssl rand -hex 16; }
 event() { # principal
 	printf '{"event_id":"%s","ts_us":%s,"type":"dispatch.result","service":"test",' \
@@ -124,25 +62,7 @@ api_sleeping() { # n: API queries sleeping in the policy right now
 }
 
 # ---- PostgreSQL, schema, broker, serve ----
-mkdir -p "$PGDIR"
-[ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-chmod 700 "$PGDIR"
-if ! "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C \
-	--no-sync >"$TMP/initdb.log" 2>&1; then
-	cat "$TMP/initdb.log"
-	not_ok "initdb"
-	t_summary
-	exit 1
-fi
-cat >>"$PGDATA/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$PGDIR'
-port = $PORT
-CONF
-require "PostgreSQL starts" "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDIR/log" -w -t 60 start -s
-psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE gateway" &&
-	sql "CREATE ROLE gw_auditor LOGIN; CREATE ROLE gw_compliance LOGIN" >/dev/null
-require "database and roles created" test $? = 0
+aud_pg_init require
 GW_DATABASE_ADMIN_URL="host=$PGDIR port=$PORT dbname=gateway user=postgres" "$AUDITOR" migrate \
 	2>"$TMP/migrate.log"
 require "migrate exits 0" test $? = 0
@@ -154,10 +74,7 @@ sql "CREATE SCHEMA test; CREATE TABLE test.slow (seconds float8 NOT NULL);
 		USING ((SELECT pg_sleep(seconds) FROM test.slow) IS NOT NULL);
 	ALTER TABLE audit.audit_events ENABLE ROW LEVEL SECURITY" >/dev/null
 require "test-only slow-query policy for the API's role" test $? = 0
-(cd "$TMP" && exec "$BROKER" --bootstrap-file "$TMP/bootstrap") >/dev/null 2>"$TMP/broker.log" &
-BROKER_PID=$!
-require "broker writes its bootstrap file" eventually 20 test -s "$TMP/bootstrap"
-BROKERS=$(cat "$TMP/bootstrap")
+aud_broker_start
 API_KEY=$(openssl rand -hex 32)
 printf '%s\n' "$API_KEY" >"$TMP/api.key"
 start_auditor "$TMP/auditor1.log" GW_AUDIT_API_MAX_QUERIES=2 GW_AUDIT_API_TIMEOUT_MS=20000

@@ -8,83 +8,15 @@ BUILD=$(cd "${1:?usage: auditor.sh BUILD_DIR}" && pwd) || exit 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/assert.sh"
 
-AUDITOR=$BUILD/auditor/auditor
-PRODUCE=$BUILD/auditor/gw-produce
-BROKER=$BUILD/deploy/local/gw-broker
-PGBIN=${GW_PG_BIN:-/usr/lib/postgresql/15/bin}
-KEEP_TMP=${KEEP_TMP:-} # set to keep the temp dir (logs) for a look afterwards
-
-for b in "$AUDITOR" "$PRODUCE" "$BROKER" "$PGBIN/initdb" "$(command -v psql)" \
-	"$(command -v curl)" "$(command -v openssl)"; do
-	if [ ! -x "$b" ]; then
-		echo "missing ${b:-a tool (psql, curl, openssl)}: build or install it first"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-# Nothing from the caller's environment may leak in (a developer's .run/env, URLs).
-for v in $(compgen -e | grep '^GW_'); do unset "$v"; done
-export GW_ENV_FILE=/dev/null GW_LOG_LEVEL=info
-
-TMP=$(mktemp -d /tmp/gw-auditor-chain.XXXXXX) || exit 1
-chmod 755 "$TMP"
-PGDIR=$TMP/pg # owned by the server's user: data, socket, log
-PGDATA=$PGDIR/data
-PORT=5432 # only names the socket file: listen_addresses is empty
-free_port() {
-	local p
-	while :; do
-		p=$((10000 + RANDOM % 22000))
-		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-	done
-}
-APORT=$(free_port)
-BROKER_PID=
-AUDITOR_PID=
-if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-
+. "$HERE/../lib/auditor_lib.sh"
+aud_init gw-auditor-chain
 LOAD_PID=
-cleanup() {
-	local rc=$?
+aud_cleanup_hook() {
 	if [ -n "$LOAD_PID" ] && kill -0 "$LOAD_PID" 2>/dev/null; then
 		kill "$LOAD_PID" 2>/dev/null
 		wait "$LOAD_PID" 2>/dev/null
 	fi
-	if [ -n "$AUDITOR_PID" ] && kill -0 "$AUDITOR_PID" 2>/dev/null; then
-		kill -KILL "$AUDITOR_PID" 2>/dev/null
-		wait "$AUDITOR_PID" 2>/dev/null
-	fi
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID" 2>/dev/null
-		wait "$BROKER_PID" 2>/dev/null
-	fi
-	if [ -f "$PGDATA/postmaster.pid" ]; then
-		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-	fi
-	if [ "$T_FAIL" -gt 0 ]; then
-		for f in "$TMP"/auditor*.log; do
-			[ -f "$f" ] && { echo "--- tail of $(basename "$f")"; tail -n 15 "$f"; }
-		done
-	fi
-	if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-	exit $rc
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-pg_start() { "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDIR/log" -w -t 60 start >/dev/null; }
-pg_stop() { "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null; }
-psql_as() { # role psql-args...
-	local role=$1
-	shift
-	psql -X -q -At -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PORT" -U "$role" -d gateway "$@"
-}
-sql() { psql_as postgres -c "$1"; }
-
-ADMIN_URL="host=$PGDIR port=$PORT dbname=gateway user=postgres"
-DB_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_auditor"
-COMPLIANCE_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_compliance"
 
 new_id() { openssl rand -hex 16; }
 event() { # event_id request_id [principal]
@@ -121,19 +53,6 @@ start_auditor() { # log env-assignments...
 	AUDITOR_PID=$!
 }
 
-# A step everything after depends on: stop here rather than time out check by check.
-require() { # description command...
-	local d=$1
-	shift
-	if "$@"; then
-		ok "$d"
-	else
-		not_ok "$d"
-		t_summary
-		exit 1
-	fi
-}
-
 stop_auditor() { # SIGTERM; sets STOP_RC and STOP_SECS
 	local t0=$SECONDS
 	kill -TERM "$AUDITOR_PID"
@@ -144,34 +63,13 @@ stop_auditor() { # SIGTERM; sets STOP_RC and STOP_SECS
 }
 
 # ---- a private PostgreSQL cluster ----
-mkdir -p "$PGDIR"
-[ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-chmod 700 "$PGDIR"
-if ! "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C \
-	--no-sync >"$TMP/initdb.log" 2>&1; then
-	cat "$TMP/initdb.log"
-	not_ok "initdb"
-	t_summary
-	exit 1
-fi
-cat >>"$PGDATA/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$PGDIR'
-port = $PORT
-EOF
-require "PostgreSQL starts" pg_start
-psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE gateway" &&
-	sql "CREATE ROLE gw_auditor LOGIN; CREATE ROLE gw_compliance LOGIN"
-check_eq "database and roles created" 0 $?
+aud_pg_init check
 
 GW_DATABASE_ADMIN_URL=$ADMIN_URL "$AUDITOR" migrate 2>"$TMP/migrate.log"
 require "migrate exits 0" test $? = 0
 
 # ---- broker and serve ----
-(cd "$TMP" && exec "$BROKER" --bootstrap-file "$TMP/bootstrap") >/dev/null 2>"$TMP/broker.log" &
-BROKER_PID=$!
-require "broker writes its bootstrap file" eventually 20 test -s "$TMP/bootstrap"
-BROKERS=$(cat "$TMP/bootstrap" 2>/dev/null)
+aud_broker_start
 openssl genpkey -algorithm ed25519 -out "$TMP/sign.pem" 2>/dev/null &&
 	openssl pkey -in "$TMP/sign.pem" -pubout -out "$TMP/verify.pem" 2>/dev/null &&
 	openssl genpkey -algorithm ed25519 -out "$TMP/other.pem" 2>/dev/null

@@ -10,81 +10,16 @@ BUILD=$(cd "${1:?usage: auditor_retention.sh BUILD_DIR}" && pwd) || exit 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lib/assert.sh"
 
-AUDITOR=$BUILD/auditor/auditor
-PRODUCE=$BUILD/auditor/gw-produce
-BROKER=$BUILD/deploy/local/gw-broker
+. "$HERE/../lib/auditor_lib.sh"
 AGENT=$BUILD/backup-agent/backup-agent
-PGBIN=${GW_PG_BIN:-/usr/lib/postgresql/15/bin}
-KEEP_TMP=${KEEP_TMP:-}
+AUD_TOOLS=("$AGENT" "$PGBIN/initdb" "$PGBIN/pg_dump" "$PGBIN/pg_restore" "$(command -v psql)"
+	"$(command -v openssl)")
+AUD_TOOL_NAMES="psql, openssl"
+AUD_MISSING_HINT="build auditor, gw-produce, gw-broker and backup-agent first"
+AUD_TAIL_GLOBS=('*.log' '*.err')
+AUD_PG_CONF="fsync = off"
+aud_init gw-auditor-retention
 
-for b in "$AUDITOR" "$PRODUCE" "$BROKER" "$AGENT" "$PGBIN/initdb" "$PGBIN/pg_dump" \
-	"$PGBIN/pg_restore" "$(command -v psql)" "$(command -v openssl)"; do
-	if [ ! -x "$b" ]; then
-		echo "missing ${b:-a tool (psql, openssl)}: build auditor, gw-produce, gw-broker and backup-agent first"
-		echo "0 passed, 1 failed"
-		exit 1
-	fi
-done
-
-for v in $(compgen -e | grep '^GW_'); do unset "$v"; done
-export GW_ENV_FILE=/dev/null GW_LOG_LEVEL=info
-
-TMP=$(mktemp -d /tmp/gw-auditor-retention.XXXXXX) || exit 1
-chmod 755 "$TMP"
-PGDIR=$TMP/pg
-PGDATA=$PGDIR/data
-PORT=5432 # names the socket file only
-BROKER_PID=
-AUDITOR_PID=
-if [ "$(id -u)" = 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
-
-cleanup() {
-	local rc=$?
-	if [ -n "$AUDITOR_PID" ] && kill -0 "$AUDITOR_PID" 2>/dev/null; then
-		kill -KILL "$AUDITOR_PID" 2>/dev/null
-		wait "$AUDITOR_PID" 2>/dev/null
-	fi
-	if [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
-		kill -TERM "$BROKER_PID" 2>/dev/null
-		wait "$BROKER_PID" 2>/dev/null
-	fi
-	if [ -f "$PGDATA/postmaster.pid" ]; then
-		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
-	fi
-	if [ "$T_FAIL" -gt 0 ]; then
-		for f in "$TMP"/*.log "$TMP"/*.err; do
-			[ -f "$f" ] && { echo "--- tail of $(basename "$f")"; tail -n 15 "$f"; }
-		done
-	fi
-	if [ -n "$KEEP_TMP" ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-	exit $rc
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-free_port() {
-	local p
-	while :; do
-		p=$((10000 + RANDOM % 22000))
-		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-	done
-}
-APORT=$(free_port)
-psql_as() { # role [db] psql-args...
-	local role=$1
-	shift
-	psql -X -q -At -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PORT" -U "$role" -d "${DB:-gateway}" "$@"
-}
-sql() { psql_as postgres -c "$1"; }
-require() { # description command...
-	local d=$1
-	shift
-	if "$@"; then ok "$d"; else
-		not_ok "$d"
-		t_summary
-		exit 1
-	fi
-}
 denied() { # role sql
 	local err
 	err=$(psql_as "$1" -c "$2" 2>&1 >/dev/null) && return 1
@@ -92,10 +27,6 @@ denied() { # role sql
 	echo "     unexpected: $err"
 	return 1
 }
-
-ADMIN_URL="host=$PGDIR port=$PORT dbname=gateway user=postgres"
-DB_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_auditor"
-COMPLIANCE_URL="host=$PGDIR port=$PORT dbname=gateway user=gw_compliance"
 
 # Months relative to this one (UTC): M0 now, M1 one month ago, ...
 THIS=$(date -u +%Y-%m-01)
@@ -106,26 +37,7 @@ has_part() { [ "$(sql "SELECT to_regclass('audit.$(part "$1")') IS NOT NULL")" =
 no_part() { [ "$(sql "SELECT to_regclass('audit.$(part "$1")') IS NULL")" = t ]; }
 
 # ---- a private PostgreSQL cluster ----
-mkdir -p "$PGDIR"
-[ "$(id -u)" = 0 ] && chown postgres: "$PGDIR"
-chmod 700 "$PGDIR"
-if ! "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C \
-	--no-sync >"$TMP/initdb.log" 2>&1; then
-	cat "$TMP/initdb.log"
-	not_ok "initdb"
-	t_summary
-	exit 1
-fi
-cat >>"$PGDATA/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$PGDIR'
-port = $PORT
-fsync = off
-EOF
-require "PostgreSQL starts" "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDIR/log" -w -t 60 start
-psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE gateway" >/dev/null &&
-	sql "CREATE ROLE gw_auditor LOGIN; CREATE ROLE gw_compliance LOGIN"
-require "database and roles created" test $? = 0
+aud_pg_init require
 
 # ---- a database at schema version 3 that already holds rows ----
 # Rows written at version 1 (before the chains) are what migration 2 counted in
@@ -186,11 +98,7 @@ check "the writer may not write retention cuts" \
 	denied gw_auditor "DELETE FROM audit.retention_chain_cuts"
 
 # ---- broker and serve (2 partitions of gw.audit = 2 chains) ----
-(cd "$TMP" && exec env GW_BROKER_PARTITIONS=2 "$BROKER" --bootstrap-file "$TMP/bootstrap") \
-	>/dev/null 2>"$TMP/broker.log" &
-BROKER_PID=$!
-require "broker writes its bootstrap file" eventually 20 test -s "$TMP/bootstrap"
-BROKERS=$(cat "$TMP/bootstrap")
+aud_broker_start GW_BROKER_PARTITIONS=2
 start_auditor() { # log
 	(cd "$TMP" && exec env GW_DATABASE_URL="$DB_URL" GW_DATABASE_ADMIN_URL="$ADMIN_URL" \
 		GW_KAFKA_BROKERS="$BROKERS" GW_ADMIN_LISTEN="127.0.0.1:$APORT" GW_AUDIT_FLUSH_MS=20 \

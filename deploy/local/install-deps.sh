@@ -8,6 +8,7 @@ packages=(
 	librdkafka-dev libevent-dev libjansson-dev libpq-dev libssl-dev
 	postgresql postgresql-client
 	curl openssl wrk jq python3
+	iproute2 procps bc # ss (test ports), pkill/pgrep, bench arithmetic: absent on minimal images
 	clang clang-format libclang-rt-14-dev
 )
 
